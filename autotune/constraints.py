@@ -194,12 +194,22 @@ _RULES: tuple[Rule, ...] = (
     ),
     Rule(
         name="expert_parallel_needs_moe",
-        uses=frozenset(['ep', 'etp']),
-        explanation="EP > 1 needs routed experts; ETP > 1 only shards experts, so a dense model gains nothing from it.",
-        fix="keep expert_model_parallel_size=1 and expert_tensor_parallel_size=1 for dense models",
-        source="megatron/core/transformer/transformer_config.py (EP needs num_moe_experts); ETP on dense: autotune policy",
-        ok=lambda k, c: True if c.model.is_moe else ((k.ep == 1) & (k.etp == 1)),
-        detail=lambda k, c: f"model {c.model.name} is dense but EP={k.ep}, ETP={k.etp}",
+        uses=frozenset(['ep']),
+        explanation="Expert parallelism distributes routed experts, so EP > 1 needs a MoE model.",
+        fix="keep expert_model_parallel_size=1 for dense models",
+        source="megatron/core/transformer/transformer_config.py ('num_moe_experts must be non None to use expert-parallel')",
+        ok=lambda k, c: True if c.model.is_moe else (k.ep == 1),
+        detail=lambda k, c: f"model {c.model.name} is dense but EP={k.ep}",
+    ),
+    Rule(
+        name="expert_tensor_parallel_needs_moe",
+        uses=frozenset(['etp']),
+        explanation="ETP only shards routed experts; on a dense model it changes nothing but the GPU-count rule.",
+        fix="keep expert_tensor_parallel_size=1 for dense models",
+        source="autotune policy (Megatron accepts ETP > 1 on a dense model and ignores it)",
+        ok=lambda k, c: True if c.model.is_moe else (k.etp == 1),
+        detail=lambda k, c: f"model {c.model.name} is dense but ETP={k.etp}",
+        megatron=False,
     ),
     Rule(
         name="attention_heads_tp",
@@ -280,7 +290,7 @@ _RULES: tuple[Rule, ...] = (
         explanation="This split gives the same per-stage layers as the plain even split, so it is searched once.",
         fix="use the even split",
         source="autotune policy (deduplication)",
-        ok=lambda k, c: ~((k.split == SPLIT_ACCOUNT) & (k.pp == 1)),
+        ok=lambda k, c: np.logical_not((k.split == SPLIT_ACCOUNT) & (k.pp == 1)),
         detail=lambda k, c: "account-for-embedding-and-loss split with PP=1 is the even split",
         megatron=False,
     ),
@@ -300,7 +310,7 @@ _RULES: tuple[Rule, ...] = (
         fix="turn sequence_parallel on (or use TP=1 or EP=1)",
         source="megatron/core/model_parallel_config.py ('When using expert parallelism and tensor parallelism "
                "... sequence parallelism must be used'; a warning in core, an assert in Megatron-LM arguments.py)",
-        ok=lambda k, c: ~((k.tp > 1) & (k.ep > 1)) | (k.sp == 1),
+        ok=lambda k, c: np.logical_not((k.tp > 1) & (k.ep > 1)) | (k.sp == 1),
         detail=lambda k, c: f"TP={k.tp}, EP={k.ep} without sequence_parallel",
     ),
     Rule(
@@ -449,9 +459,9 @@ def evaluate_product(values: dict[str, list[int]], ctx: Context, derive_split: D
         ready = [r for r in pending if r.uses <= known]
         pending = [r for r in pending if not r.uses <= known]
         for rule in ready:
-            knobs = Knobs(**{**_KNOB_DEFAULTS, **cols}) if rows else None
             if not rows:
                 break
+            knobs = Knobs(**{**_KNOB_DEFAULTS, **cols})
             ok = np.broadcast_to(np.asarray(rule.ok(knobs, ctx), dtype=bool), (rows,))
             failing = int(rows - ok.sum())
             if failing:

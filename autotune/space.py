@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autotune import constraints as C
 from autotune.cluster import ClusterSpec
@@ -70,9 +70,10 @@ class SearchSpace(BaseModel):
     description: str = ""
     knobs: dict[str, Knob]
 
-    @model_validator(mode="after")
-    def _known_knobs_and_values(self) -> "SearchSpace":
-        for key, knob in self.knobs.items():
+    @field_validator("knobs")
+    @classmethod
+    def _known_knobs_and_values(cls, knobs: dict[str, Knob]) -> dict[str, Knob]:
+        for key, knob in knobs.items():
             if key not in ALL_KNOBS:
                 raise ValueError(f"unknown knob '{key}'; known knobs: {', '.join(ALL_KNOBS)}")
             if knob.values is None:
@@ -81,7 +82,7 @@ class SearchSpace(BaseModel):
                 continue
             for v in knob.values:
                 _check_value(key, v)
-        return self
+        return knobs
 
 
 def _check_value(key: str, v: Any) -> None:
@@ -105,10 +106,11 @@ def parse_space(data: Any, origin: str = "space") -> SearchSpace:
     try:
         return SearchSpace.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "space"
+        # A misspelt key also makes its intended key "missing"; report the misspelling.
+        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+        where = ".".join(str(x) for x in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        raise SpecFileError(f"{origin}: {where}: {msg}") from None
+        raise SpecFileError(f"{origin}: {where + ': ' if where else ''}{msg}") from None
 
 
 def resolve_values(key: str, knob: Knob, model: ModelSpec, cluster: ClusterSpec) -> list[Any]:
@@ -178,8 +180,55 @@ class SpaceResult:
     def job(self, i: int) -> JobConfig:
         return JobConfig(num_gpus=self.cluster.num_gpus, parallel=self.parallel_config(i), workload=self.workload)
 
-    def jobs(self) -> list[JobConfig]:
-        return [self.job(i) for i in range(self.num_feasible)]
+    def jobs(self, limit: int | None = None) -> list[JobConfig]:
+        n = self.num_feasible if limit is None else min(limit, self.num_feasible)
+        return [self.job(i) for i in range(n)]
+
+    def megatron_dicts(self, order: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Feasible configs as Megatron-named dicts (same keys as JobConfig.to_megatron_dict).
+
+        Built column-wise from the arrays: the full list can hold hundreds of thousands of configs,
+        too many to route through one pydantic object each.
+        """
+        k = self.knobs
+        idx = np.arange(self.num_feasible) if order is None else order
+        n = self.cluster.num_gpus
+        gbs = self.workload.global_batch_size
+        tp, pp, vpp, cp, ep, etp, mbs = (getattr(k, a)[idx].tolist() for a in ("tp", "pp", "vpp", "cp", "ep", "etp", "mbs"))
+        sp, do, rc, split = (getattr(k, a)[idx].tolist() for a in ("sp", "dist_opt", "recompute", "split"))
+        first, last = k.first[idx].tolist(), k.last[idx].tolist()
+        rc_name = {0: None, 1: "selective", 2: "full"}
+        out = []
+        for i in range(len(idx)):
+            dp = n // (tp[i] * pp[i] * cp[i])
+            d = {
+                "tensor_model_parallel_size": tp[i], "pipeline_model_parallel_size": pp[i],
+                "virtual_pipeline_model_parallel_size": vpp[i] if vpp[i] > 1 else None,
+                "context_parallel_size": cp[i], "expert_model_parallel_size": ep[i],
+                "expert_tensor_parallel_size": etp[i], "micro_batch_size": mbs[i],
+                "use_distributed_optimizer": bool(do[i]), "sequence_parallel": bool(sp[i]),
+                "recompute_granularity": rc_name[rc[i]],
+            }
+            if split[i] == C.SPLIT_ACCOUNT:
+                d["account_for_embedding_in_pipeline_split"] = True
+                d["account_for_loss_in_pipeline_split"] = True
+            elif split[i] == C.SPLIT_UNEVEN:
+                d["num_layers_in_first_pipeline_stage"] = first[i]
+                d["num_layers_in_last_pipeline_stage"] = last[i]
+            d["data_parallel_size"] = dp
+            d["expert_data_parallel_size"] = n // (pp[i] * ep[i] * etp[i])
+            d["num_microbatches"] = gbs // (mbs[i] * dp)
+            out.append(d)
+        return out
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The `autotune space --json` contract."""
+        return {
+            "num_candidates": self.num_candidates,
+            "num_feasible": self.num_feasible,
+            "pruned_by_rule": dict(self.pruned_by_rule),
+            "feasible": self.megatron_dicts(),
+        }
 
 
 def enumerate_space(space: SearchSpace, model: ModelSpec, cluster: ClusterSpec, workload: Workload,

@@ -1,0 +1,216 @@
+"""The `autotune` command line. It parses, wires and maps errors to exit codes; no logic lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from typing import Optional
+
+import typer
+
+try:  # typer >= 0.24 vendors its own click; older releases use the click package
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, UsageError
+
+from autotune import constraints, render
+from autotune.cluster import DEFAULT_GPU_TYPE, ClusterSpec
+from autotune.config import JobConfig, ParallelConfig, Workload
+from autotune.errors import AutotuneError, ConfigError
+from autotune.model_catalog import aliases_of, get_model, model_names
+from autotune.resolve import resolve_model
+from autotune.space import enumerate_space, validate_space_for
+from autotune.space_files import default_space, load_space_file
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Find the fastest Megatron Core parallelism config that fits.",
+)
+
+DEFAULT_SEQ_LEN = 4096
+DEFAULT_GLOBAL_BATCH = 1024
+
+
+class Recompute(str, Enum):
+    none = "none"
+    selective = "selective"
+    full = "full"
+
+
+class Precision(str, Enum):
+    bf16 = "bf16"
+    fp8 = "fp8"
+
+
+class PipelineSplit(str, Enum):
+    even = "even"
+    account_embedding_loss = "account_embedding_loss"
+
+
+# Shared options. `--gpus` is parsed as text so that 0, negatives and non-numbers get our message.
+MODEL_OPT = typer.Option(..., "--model", "-m", help="catalog name (see `autotune models`) or path to an HF config.json")
+GPUS_OPT = typer.Option(..., "--gpus", "-n", help="number of GPUs of the training job")
+GPU_TYPE_OPT = typer.Option(DEFAULT_GPU_TYPE, "--gpu-type", help="a100-40gb, a100-80gb, h100-80gb, h200-141gb, b200, gb200")
+GPN_OPT = typer.Option(None, "--gpus-per-node", help="override the GPU type's default GPUs per node")
+SEQ_OPT = typer.Option(DEFAULT_SEQ_LEN, "--seq-len", help="sequence length")
+GBS_OPT = typer.Option(DEFAULT_GLOBAL_BATCH, "--global-batch-size", help="sequences per optimizer step")
+PREC_OPT = typer.Option(Precision.bf16, "--precision", help="bf16 or fp8")
+JSON_OPT = typer.Option(False, "--json", help="machine-readable output on stdout")
+XTP_OPT = typer.Option(False, "--allow-cross-node-tp", help="allow TP groups larger than one NVLink domain")
+
+
+def _gpus(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise ConfigError(f"--gpus must be a positive integer, got '{text}'") from None
+    if n <= 0:
+        raise ConfigError(f"--gpus must be a positive integer, got {n}")
+    return n
+
+
+def _setup(model: str, gpus: str, gpu_type: str, gpus_per_node: Optional[int], seq_len: int, global_batch_size: int,
+           precision: Precision):
+    spec = resolve_model(model)
+    cluster = ClusterSpec.build(_gpus(gpus), gpu_type, gpus_per_node)
+    if seq_len <= 0 or global_batch_size <= 0:
+        raise ConfigError(f"--seq-len and --global-batch-size must be positive, got {seq_len} and {global_batch_size}")
+    workload = Workload(seq_length=seq_len, global_batch_size=global_batch_size, precision=precision.value)
+    return spec, cluster, workload
+
+
+def _print_json(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj, indent=None, separators=(",", ":")) + "\n")
+
+
+@app.command()
+def models(as_json: bool = JSON_OPT) -> None:
+    """List the model catalog."""
+    from autotune.params import count_parameters
+
+    specs = [get_model(n) for n in model_names()]
+    if as_json:
+        _print_json([{**s.to_dict(), "aliases": aliases_of(s.name),
+                      "total_params": count_parameters(s).total, "active_params": count_parameters(s).active}
+                     for s in specs])
+        return
+    render.console().print(render.models_table(specs, {s.name: aliases_of(s.name) for s in specs}))
+
+
+@app.command()
+def space(
+    model: str = MODEL_OPT, gpus: str = GPUS_OPT, gpu_type: str = GPU_TYPE_OPT,
+    gpus_per_node: Optional[int] = GPN_OPT, seq_len: int = SEQ_OPT, global_batch_size: int = GBS_OPT,
+    precision: Precision = PREC_OPT,
+    space_file: Optional[str] = typer.Option(None, "--space", help="search-space YAML (default: search_spaces/)"),
+    top: int = typer.Option(20, "--top", help="feasible configs to show in the table"),
+    allow_cross_node_tp: bool = XTP_OPT, as_json: bool = JSON_OPT,
+) -> None:
+    """Enumerate the search space and prune it with every validity rule."""
+    if top < 0:
+        raise ConfigError(f"--top must be >= 0, got {top}")
+    spec, cluster, workload = _setup(model, gpus, gpu_type, gpus_per_node, seq_len, global_batch_size, precision)
+    sp = load_space_file(space_file) if space_file else default_space(spec)
+    validate_space_for(sp, spec)
+    result = enumerate_space(sp, spec, cluster, workload, allow_cross_node_tp=allow_cross_node_tp)
+    if as_json:
+        _print_json(result.to_json_dict())
+        return
+    con = render.console()
+    con.print(render.assumptions_line(spec, cluster, workload, sp.name))
+    con.print(render.pruning_table(result))
+    shown = result.jobs(limit=top)
+    con.print(render.configs_table(shown, f"feasible configs (first {len(shown)} of {result.num_feasible:,})"))
+
+
+@app.command()
+def explain(
+    model: str = MODEL_OPT, gpus: str = GPUS_OPT, gpu_type: str = GPU_TYPE_OPT,
+    gpus_per_node: Optional[int] = GPN_OPT, seq_len: int = SEQ_OPT, global_batch_size: int = GBS_OPT,
+    precision: Precision = PREC_OPT,
+    tp: int = typer.Option(1, "--tp", help="tensor_model_parallel_size"),
+    pp: int = typer.Option(1, "--pp", help="pipeline_model_parallel_size"),
+    vpp: Optional[int] = typer.Option(None, "--vpp", help="virtual_pipeline_model_parallel_size"),
+    cp: int = typer.Option(1, "--cp", help="context_parallel_size"),
+    ep: int = typer.Option(1, "--ep", help="expert_model_parallel_size"),
+    etp: int = typer.Option(1, "--etp", help="expert_tensor_parallel_size"),
+    mbs: int = typer.Option(1, "--mbs", help="micro_batch_size"),
+    sp: Optional[bool] = typer.Option(None, "--sp/--no-sp", help="sequence_parallel (default: on when TP > 1)"),
+    recompute: Recompute = typer.Option(Recompute.none, "--recompute"),
+    no_dist_opt: bool = typer.Option(False, "--no-distributed-optimizer"),
+    pipeline_split: PipelineSplit = typer.Option(PipelineSplit.even, "--pipeline-split",
+                                                 help="even, or account_embedding_loss"),
+    first_stage_layers: Optional[int] = typer.Option(None, "--first-stage-layers",
+                                                     help="num_layers_in_first_pipeline_stage"),
+    last_stage_layers: Optional[int] = typer.Option(None, "--last-stage-layers",
+                                                    help="num_layers_in_last_pipeline_stage"),
+    pp_layout: Optional[str] = typer.Option(None, "--pp-layout", help="pipeline_model_parallel_layout, e.g. 'Et|(tt|)*30L'"),
+    allow_cross_node_tp: bool = XTP_OPT, as_json: bool = JSON_OPT,
+) -> None:
+    """Judge one config against every rule, with explanations and fixes."""
+    uneven = first_stage_layers is not None or last_stage_layers is not None
+    chosen = [name for name, on in (("--pp-layout", pp_layout is not None), ("--first/--last-stage-layers", uneven),
+                                    ("--pipeline-split account_embedding_loss",
+                                     pipeline_split is PipelineSplit.account_embedding_loss)) if on]
+    if len(chosen) > 1:
+        raise ConfigError(f"contradictory flags: {' and '.join(chosen)} each set the pipeline split; keep one")
+    if vpp == 1:
+        vpp = None
+    spec, cluster, workload = _setup(model, gpus, gpu_type, gpus_per_node, seq_len, global_batch_size, precision)
+    account = pipeline_split is PipelineSplit.account_embedding_loss
+    parallel = ParallelConfig(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, virtual_pipeline_model_parallel_size=vpp,
+        context_parallel_size=cp, expert_model_parallel_size=ep, expert_tensor_parallel_size=etp,
+        micro_batch_size=mbs, sequence_parallel=(tp > 1) if sp is None else sp,
+        use_distributed_optimizer=not no_dist_opt,
+        recompute_granularity=None if recompute is Recompute.none else recompute.value,
+        account_for_embedding_in_pipeline_split=account, account_for_loss_in_pipeline_split=account,
+        num_layers_in_first_pipeline_stage=first_stage_layers, num_layers_in_last_pipeline_stage=last_stage_layers,
+        pipeline_model_parallel_layout=pp_layout,
+    )
+    job = JobConfig(num_gpus=cluster.num_gpus, parallel=parallel, workload=workload)
+    results = constraints.check_all(spec, cluster, job, allow_cross_node_tp=allow_cross_node_tp)
+    feasible = all(r.passed for r in results)
+    if as_json:
+        _print_json({
+            "config": job.to_megatron_dict(), "feasible": feasible,
+            "rules": [{"name": r.rule.name, "passed": r.passed, "message": r.message,
+                       "explanation": r.rule.explanation, "fix": r.rule.fix, "source": r.rule.source}
+                      for r in results],
+        })
+        return
+    con = render.console()
+    con.print(render.assumptions_line(spec, cluster, workload))
+    con.print(render.configs_table([job], "config"))
+    con.print(render.rules_table(results))
+    con.print("[green]feasible[/]" if feasible else
+              f"[red]infeasible[/]: fails {', '.join(r.rule.name for r in results if not r.passed)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user mistakes become one line on stderr and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False, prog_name="autotune")
+    except AutotuneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        if not exc.format_message():  # bare `autotune`: the help text was already printed
+            return 2
+        cmd = exc.ctx.command_path if exc.ctx else "autotune"
+        print(f"error: {exc.format_message()} (see `{cmd} --help`)", file=sys.stderr)
+        return 2
+    except ClickException as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        return 2
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Human-facing tables for the CLI (rich). JSON shapes live with the objects they describe."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from rich.console import Console
+from rich.table import Table
+
+from autotune.cluster import ClusterSpec
+from autotune.config import JobConfig, Workload
+from autotune.constraints import RuleResult
+from autotune.model_spec import ModelSpec
+from autotune.params import count_parameters
+from autotune.space import SpaceResult
+
+
+def _b(n: float) -> str:
+    return f"{n / 1e9:,.2f}B" if n >= 1e9 else f"{n / 1e6:,.2f}M"
+
+
+def models_table(specs: Iterable[ModelSpec], aliases: dict[str, list[str]]) -> Table:
+    t = Table(title="Model catalog", show_lines=False)
+    for col in ("name", "aliases", "layers", "hidden", "heads/groups", "experts (top-k)", "total", "active", "attention"):
+        t.add_column(col, justify="right" if col not in ("name", "aliases", "attention") else "left")
+    for s in specs:
+        c = count_parameters(s)
+        moe = f"{s.moe.num_experts} ({s.moe.router_topk})" if s.moe else "-"
+        t.add_row(s.name, ", ".join(aliases.get(s.name, [])), str(s.num_layers), str(s.hidden_size),
+                  f"{s.num_attention_heads}/{s.num_query_groups}", moe, _b(c.total), _b(c.active),
+                  "MLA" if s.mla else ("MHA" if s.num_query_groups == s.num_attention_heads else "GQA"))
+    return t
+
+
+def assumptions_line(model: ModelSpec, cluster: ClusterSpec, workload: Workload, space_name: str | None = None) -> str:
+    parts = [
+        f"model={model.name}", f"gpus={cluster.num_gpus}", f"gpu_type={cluster.gpu.name}",
+        f"gpus_per_node={cluster.gpus_per_node}", f"nvlink_domain={cluster.nvlink_domain_size}",
+        f"seq_length={workload.seq_length}", f"global_batch_size={workload.global_batch_size}",
+        f"precision={workload.precision}",
+    ]
+    if space_name:
+        parts.append(f"space={space_name}")
+    return "assumed: " + " ".join(parts)
+
+
+def pruning_table(result: SpaceResult) -> Table:
+    t = Table(title=f"{result.num_candidates:,} candidates -> {result.num_feasible:,} feasible")
+    t.add_column("rule")
+    t.add_column("pruned", justify="right")
+    t.add_column("share", justify="right")
+    for name, count in sorted(result.pruned_by_rule.items(), key=lambda kv: -kv[1]):
+        t.add_row(name, f"{count:,}", f"{count / max(result.num_candidates, 1):.1%}")
+    return t
+
+
+def configs_table(jobs: list[JobConfig], title: str) -> Table:
+    t = Table(title=title)
+    cols = ("#", "TP", "PP", "VPP", "CP", "EP", "ETP", "DP", "EDP", "MBS", "micro-batches", "SP", "dist-opt",
+            "recompute", "pp split")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for i, j in enumerate(jobs, 1):
+        p = j.parallel
+        split = p.pipeline_split
+        if split == "uneven":
+            split = f"first {p.num_layers_in_first_pipeline_stage}/last {p.num_layers_in_last_pipeline_stage}"
+        t.add_row(str(i), str(p.tp), str(p.pp), str(p.vpp if p.vpp > 1 else "-"), str(p.cp), str(p.ep), str(p.etp),
+                  str(j.data_parallel_size), str(j.expert_data_parallel_size), str(p.micro_batch_size),
+                  str(j.num_microbatches), "on" if p.sequence_parallel else "off",
+                  "on" if p.use_distributed_optimizer else "off", p.recompute_granularity or "none", split)
+    return t
+
+
+def rules_table(results: list[RuleResult]) -> Table:
+    t = Table(title="Validity rules", show_lines=True)
+    t.add_column("rule")
+    t.add_column("verdict")
+    t.add_column("why / what is wrong")
+    t.add_column("fix")
+    for r in results:
+        verdict = "[green]pass[/]" if r.passed else "[red]FAIL[/]"
+        why = r.rule.explanation if r.passed else f"{r.message}\n[dim]{r.rule.explanation}[/]"
+        t.add_row(r.rule.name, verdict, why, "" if r.passed else r.rule.fix)
+    return t
+
+
+def console(stderr: bool = False) -> Console:
+    c = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    if not c.is_terminal:
+        c = Console(stderr=stderr, highlight=False, soft_wrap=False, width=160)  # pipes and CI logs
+    return c

@@ -1,0 +1,115 @@
+"""Our validity verdict must equal Megatron Core's own, config by config.
+
+Megatron's verdict comes from running its real code (tests/megatron_verdict.py) in one subprocess
+that pretends to be rank 0 of N via torch's fake process group. Our side uses only the rules that
+Megatron enforces (Rule.megatron); autotune's policy rules (topology, de-duplication, ETP on dense
+models, FP8 hardware) are tested on their own elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autotune import constraints
+from autotune.cluster import ClusterSpec
+from autotune.config import JobConfig, ParallelConfig, Workload
+from autotune.model_catalog import get_model
+from autotune.space import enumerate_space
+from autotune.space_files import default_space
+
+REPO = Path(__file__).resolve().parent.parent
+
+MEGATRON_RULES = tuple(r for r in constraints.RULES if r.megatron)
+
+
+def _random_parallel(rng: random.Random, moe: bool) -> dict:
+    split = rng.choice(["even", "even", "account", "uneven", "layout"])
+    pp = rng.choice([1, 2, 2, 3, 4])
+    p = dict(
+        tensor_model_parallel_size=rng.choice([1, 2, 4, 8]),
+        pipeline_model_parallel_size=pp,
+        virtual_pipeline_model_parallel_size=rng.choice([None, None, 2, 3]),
+        context_parallel_size=rng.choice([1, 1, 2, 4]),
+        expert_model_parallel_size=rng.choice([1, 2, 4, 8] if moe else [1, 1, 1, 2]),
+        expert_tensor_parallel_size=rng.choice([1, 2, 4]) if moe else 1,
+        micro_batch_size=rng.choice([1, 2, 4]),
+        sequence_parallel=rng.random() < 0.6,
+        recompute_granularity=rng.choice([None, "selective", "full"]),
+    )
+    if split == "account":
+        p["account_for_embedding_in_pipeline_split"] = True
+        p["account_for_loss_in_pipeline_split"] = rng.random() < 0.7
+    elif split == "uneven":
+        p["num_layers_in_first_pipeline_stage"] = rng.choice([None, 1, 2, 3])
+        p["num_layers_in_last_pipeline_stage"] = rng.choice([1, 2, 3])
+    elif split == "layout":
+        p["pipeline_model_parallel_layout"] = rng.choice(
+            ["Ett|tt|tt|tL", "Et|tt|tt|tL", "Ettt|tttL", "E|tt|tt|ttL", "Ett|(t|)*4L", "Et*3|t*3L"])
+        p["virtual_pipeline_model_parallel_size"] = None
+    return p
+
+
+def _draws(n_random: int, n_feasible: int, seed: int = 20261121) -> list[dict]:
+    rng = random.Random(seed)
+    items = []
+    for _ in range(n_random):
+        moe = rng.random() < 0.5
+        items.append(dict(
+            model="tiny-moe" if moe else "tiny-dense", num_gpus=rng.choice([1, 2, 4, 8, 16]),
+            parallel=_random_parallel(rng, moe),
+            workload=dict(seq_length=rng.choice([64, 96, 100]), global_batch_size=rng.choice([8, 12, 16, 32])),
+        ))
+    # Configs our engine calls feasible, so that the valid side is well covered too.
+    for name, n in (("tiny-dense", 8), ("tiny-moe", 8), ("tiny-moe", 16)):
+        model, cluster = get_model(name), ClusterSpec.build(n, gpus_per_node=n)
+        workload = Workload(seq_length=64, global_batch_size=32)
+        result = enumerate_space(default_space(model), model, cluster, workload)
+        for i in rng.sample(range(result.num_feasible), n_feasible):
+            items.append(dict(model=name, num_gpus=n,
+                              parallel=result.parallel_config(i).model_dump(exclude_defaults=True),
+                              workload=workload.model_dump()))
+    return items
+
+
+def _ours(item: dict) -> tuple[bool, list[str]]:
+    model = get_model(item["model"])
+    cluster = ClusterSpec.build(item["num_gpus"], gpus_per_node=item["num_gpus"])
+    job = JobConfig(num_gpus=item["num_gpus"], parallel=ParallelConfig(**item["parallel"]),
+                    workload=Workload(**item["workload"]))
+    failed = [r.rule.name for r in constraints.check_all(model, cluster, job, rules=MEGATRON_RULES) if not r.passed]
+    return not failed, failed
+
+
+@pytest.mark.timeout(600)
+def test_verdicts_equal_megatron_core(tmp_path):
+    items = _draws(n_random=70, n_feasible=8)
+    (tmp_path / "in.json").write_text(json.dumps(items))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "megatron_verdict.py"), str(tmp_path / "in.json"),
+         str(tmp_path / "out.json")],
+        cwd=REPO, capture_output=True, text=True, timeout=540, env={**_env(), "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    megatron = json.loads((tmp_path / "out.json").read_text())
+    assert len(megatron) == len(items) >= 50
+    disagreements = []
+    for item, theirs in zip(items, megatron):
+        ok, failed = _ours(item)
+        if ok != theirs["ok"]:
+            disagreements.append(f"{item}: ours={'ok' if ok else failed} megatron={theirs}")
+    assert not disagreements, "\n".join(disagreements)
+    n_valid = sum(m["ok"] for m in megatron)
+    # Both verdicts must be well represented, or the agreement proves little.
+    assert n_valid >= 15 and len(items) - n_valid >= 15, (n_valid, len(items))
+
+
+def _env() -> dict:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}

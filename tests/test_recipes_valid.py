@@ -1,0 +1,44 @@
+"""Every shared H100 recipe whose model is in the catalog is judged valid at its GPU count.
+
+Source: ../shared/refdata/mbridge_h100_perf_recipes.csv (Megatron-Bridge perf recipes; each ran on
+80 GB H100s). Resolution of inherited fields: tests/recipes.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from autotune import constraints
+from autotune.cluster import ClusterSpec
+from autotune.config import JobConfig
+from autotune.model_catalog import get_model
+
+from recipes import load_recipes
+
+
+def test_recipes_cover_the_catalog_models(refdata):
+    recipes = load_recipes(refdata)
+    assert {r.model for r in recipes} == {"llama3-8b", "llama3-70b", "llama3.1-405b", "qwen3-30b-a3b", "kimi-k2"}
+    assert len(recipes) >= 20
+
+
+def test_every_recipe_is_valid(refdata):
+    bad = []
+    for r in load_recipes(refdata):
+        cluster = ClusterSpec.build(r.num_gpus, "h100-80gb")
+        job = JobConfig(num_gpus=r.num_gpus, parallel=r.parallel, workload=r.workload)
+        v = constraints.violations(get_model(r.model), cluster, job)
+        if v:
+            bad.append(f"{r.function}: {[(x.rule, x.message) for x in v]}")
+    assert not bad, "\n".join(bad)
+
+
+def test_layout_recipes_have_the_layer_counts_megatron_builds(refdata):
+    """Kimi K2's 'Et|(tt|)*30L' over PP16: 32 virtual stages, 61 decoder layers, 1 on the first chunk."""
+    from autotune.pipeline import layers_per_chunk
+
+    kimi = next(r for r in load_recipes(refdata) if r.function == "kimi_k2_pretrain_1024gpu_h100_bf16_config")
+    chunks = layers_per_chunk(61, kimi.parallel)
+    assert len(chunks) == 16 and all(len(c) == 2 for c in chunks)
+    assert sum(map(sum, chunks)) == 61
+    assert chunks[0][0] == 1 and chunks[-1][-1] == 0
