@@ -155,8 +155,11 @@ def _pipeline_detail(k: Knobs, c: Context) -> str:
 
 
 def _tp_domain_ok(k: Knobs, c: Context) -> Any:
+    # TP ranks are contiguous (innermost in Megatron's rank order), so the group at ranks
+    # [g*TP, (g+1)*TP) straddles two domains unless TP divides the domain size, or the whole job
+    # fits in one domain (an NVL72 rack running 64 GPUs).
     domain = c.cluster.nvlink_domain_size
-    return c.allow_cross_node_tp | ((k.tp <= domain) & _divides(k.tp, domain))
+    return c.allow_cross_node_tp | ((k.tp <= domain) & (_divides(k.tp, domain) | (c.n <= domain)))
 
 
 def _ffn_widths(m: ModelSpec) -> list[int]:
