@@ -22,6 +22,8 @@ from autotune.model_catalog import aliases_of, get_model, model_names
 from autotune.resolve import resolve_model
 from autotune.space import enumerate_space, validate_space_for
 from autotune.space_files import default_space, load_space_file
+from autotune.cost_ranking import rank_space
+from autotune.explain import explain_config
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -114,14 +116,21 @@ def space(
     sp = load_space_file(space_file) if space_file else default_space(spec)
     validate_space_for(sp, spec)
     result = enumerate_space(sp, spec, cluster, workload, allow_cross_node_tp=allow_cross_node_tp)
+    ranked = rank_space(result)
     if as_json:
-        _print_json(result.to_json_dict())
+        out = result.to_json_dict()
+        for i, entry in enumerate(out["feasible"]):
+            entry["predicted"] = ranked.predicted(i)
+        _print_json(out)
         return
     con = render.console()
     con.print(render.assumptions_line(spec, cluster, workload, sp.name))
     con.print(render.pruning_table(result))
-    shown = result.jobs(limit=top)
-    con.print(render.configs_table(shown, f"feasible configs (first {len(shown)} of {result.num_feasible:,})"))
+    order = ranked.order[:top]
+    shown = [result.job(int(i)) for i in order]
+    con.print(render.configs_table(shown, f"feasible configs, predicted fastest first (top {len(shown)} of "
+                                          f"{result.num_feasible:,}; {int(ranked.fits_memory.sum()):,} fit in memory)"))
+    con.print(render.predicted_table([ranked.predicted(int(i)) for i in order]))
 
 
 @app.command()
@@ -170,22 +179,66 @@ def explain(
         pipeline_model_parallel_layout=pp_layout,
     )
     job = JobConfig(num_gpus=cluster.num_gpus, parallel=parallel, workload=workload)
-    results = constraints.check_all(spec, cluster, job, allow_cross_node_tp=allow_cross_node_tp)
-    feasible = all(r.passed for r in results)
+    report = explain_config(spec, cluster, job, allow_cross_node_tp=allow_cross_node_tp)
     if as_json:
-        _print_json({
-            "config": job.to_megatron_dict(), "feasible": feasible,
-            "rules": [{"name": r.rule.name, "passed": r.passed, "message": r.message,
-                       "explanation": r.rule.explanation, "fix": r.rule.fix, "source": r.rule.source}
-                      for r in results],
-        })
+        _print_json(report.to_json_dict())
         return
     con = render.console()
     con.print(render.assumptions_line(spec, cluster, workload))
     con.print(render.configs_table([job], "config"))
-    con.print(render.rules_table(results))
-    con.print("[green]feasible[/]" if feasible else
-              f"[red]infeasible[/]: fails {', '.join(r.rule.name for r in results if not r.passed)}")
+    con.print(render.rules_table(report.results))
+    con.print("[green]feasible[/]" if report.feasible else f"[red]infeasible[/]: fails {', '.join(report.failed)}")
+    if report.predicted is not None:
+        con.print(render.predicted_table([report.predicted]))
+        con.print("time breakdown (s/step): " +
+                  ", ".join(f"{k} {v:.3f}" for k, v in report.predicted["breakdown_s"].items()))
+    if report.memory is not None:
+        con.print(render.memory_table(report.memory))
+    if "memory" in report.failed:
+        con.print("changes that fit: " + ("; ".join(f"{f.change} ({f.peak_memory_gib:.1f} GiB)" for f in report.fixes)
+                                          if report.fixes else "none found by a single change"))
+
+
+@app.command()
+def estimate(
+    model: str = MODEL_OPT, gpus: str = GPUS_OPT, gpu_type: str = GPU_TYPE_OPT,
+    gpus_per_node: Optional[int] = GPN_OPT, seq_len: int = SEQ_OPT, global_batch_size: int = GBS_OPT,
+    precision: Precision = PREC_OPT,
+    tp: int = typer.Option(1, "--tp", help="tensor_model_parallel_size"),
+    pp: int = typer.Option(1, "--pp", help="pipeline_model_parallel_size"),
+    vpp: Optional[int] = typer.Option(None, "--vpp", help="virtual_pipeline_model_parallel_size"),
+    cp: int = typer.Option(1, "--cp", help="context_parallel_size"),
+    ep: int = typer.Option(1, "--ep", help="expert_model_parallel_size"),
+    etp: int = typer.Option(1, "--etp", help="expert_tensor_parallel_size"),
+    mbs: int = typer.Option(1, "--mbs", help="micro_batch_size"),
+    sp: Optional[bool] = typer.Option(None, "--sp/--no-sp", help="sequence_parallel (default: on when TP > 1)"),
+    recompute: Recompute = typer.Option(Recompute.none, "--recompute"),
+    no_dist_opt: bool = typer.Option(False, "--no-distributed-optimizer"),
+    allow_cross_node_tp: bool = XTP_OPT, as_json: bool = JSON_OPT,
+) -> None:
+    """Per-GPU memory of one config, stage by stage (weights, grads, optimizer, activations, overhead)."""
+    from autotune.memory import estimate_memory
+
+    spec, cluster, workload = _setup(model, gpus, gpu_type, gpus_per_node, seq_len, global_batch_size, precision)
+    parallel = ParallelConfig(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        virtual_pipeline_model_parallel_size=None if vpp == 1 else vpp, context_parallel_size=cp,
+        expert_model_parallel_size=ep, expert_tensor_parallel_size=etp, micro_batch_size=mbs,
+        sequence_parallel=(tp > 1) if sp is None else sp, use_distributed_optimizer=not no_dist_opt,
+        recompute_granularity=None if recompute is Recompute.none else recompute.value)
+    job = JobConfig(num_gpus=cluster.num_gpus, parallel=parallel, workload=workload)
+    broken = [r for r in constraints.check_all(spec, cluster, job, allow_cross_node_tp=allow_cross_node_tp)
+              if not r.passed and r.rule.name != "memory"]
+    if broken:
+        r = broken[0]
+        raise ConfigError(f"config breaks rule '{r.rule.name}': {r.message}; fix: {r.rule.fix}")
+    est = estimate_memory(spec, cluster, job)
+    if as_json:
+        _print_json(est.to_dict())
+        return
+    con = render.console()
+    con.print(render.assumptions_line(spec, cluster, workload))
+    con.print(render.memory_table(est))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,10 +19,12 @@ import numpy as np
 
 from autotune.cluster import ClusterSpec
 from autotune.config import JobConfig, ParallelConfig, Workload
+from autotune.memory import MemoryOptions, peak_memory_gib_batch
 from autotune.model_spec import ModelSpec
 from autotune import pipeline
 
 RECOMPUTE_CODES = {None: 0, "selective": 1, "full": 2}
+DEFAULT_MEMORY_HEADROOM = 0.1
 SPLIT_EVEN, SPLIT_ACCOUNT, SPLIT_UNEVEN, SPLIT_LAYOUT = 0, 1, 2, 3
 SPLIT_NAMES = {SPLIT_EVEN: "even", SPLIT_ACCOUNT: "account_embedding_loss", SPLIT_UNEVEN: "uneven",
                SPLIT_LAYOUT: "layout"}
@@ -76,6 +78,11 @@ class Context:
     allow_cross_node_tp: bool = False
     # Only for single configs: an explicit layout is checked by a scalar parser, not vectorised.
     layout_error: str | None = None
+    pipeline_layout: str | None = None  # the explicit layout itself (the memory rule needs its stages)
+    # Share of GPU memory kept free: a config fits when its peak <= capacity x (1 - headroom).
+    memory_headroom: float = DEFAULT_MEMORY_HEADROOM
+    # Training options the knobs do not carry (gradient dtype, recompute module list).
+    memory_options: MemoryOptions = field(default_factory=MemoryOptions)
 
     @property
     def n(self) -> int:
@@ -365,7 +372,40 @@ _RULES: tuple[Rule, ...] = (
         detail=lambda k, c: f"precision fp8 on {c.cluster.gpu.name}",
         megatron=False,
     ),
+    Rule(
+        name="memory",
+        uses=frozenset(("tp", "pp", "cp", "ep", "etp", "vpp", "split", "sp", "mbs", "dist_opt", "recompute")),
+        explanation="The estimated peak per-GPU memory (autotune.memory) must fit the GPU, less the headroom.",
+        fix="use the distributed optimizer, recompute, more TP, PP or EP, or a smaller micro-batch "
+            "(`autotune explain` lists the changes that fit)",
+        source="autotune memory model (autotune/memory.py), checked against Megatron Core 0.16.1 allocations",
+        ok=lambda k, c: _memory_ok(k, c),
+        detail=lambda k, c: _memory_detail(k, c),
+        megatron=False,
+    ),
 )
+
+
+def _usable_gib(c: Context) -> float:
+    return c.cluster.gpu.usable_memory_gib * (1 - c.memory_headroom)
+
+
+def _memory_ok(k: Knobs, c: Context) -> Any:
+    if c.layout_error is not None:
+        return True  # the pipeline_layers rule already rejects it
+    valid = (_dp(k, c) >= 1) & (c.n // (k.pp * k.ep * k.etp) >= 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        peak = peak_memory_gib_batch(c.model, c.cluster, c.workload, k, options=c.memory_options,
+                                     layout=c.pipeline_layout)
+    ok = np.logical_not(valid) | (peak <= _usable_gib(c))
+    return ok if np.ndim(k.tp) else bool(np.asarray(ok).reshape(-1)[0])
+
+
+def _memory_detail(k: Knobs, c: Context) -> str:
+    peak = float(np.asarray(peak_memory_gib_batch(c.model, c.cluster, c.workload, k, options=c.memory_options,
+                                                  layout=c.pipeline_layout)).reshape(-1)[0])
+    return (f"estimated peak {peak:.1f} GiB per GPU > {_usable_gib(c):.1f} GiB usable "
+            f"({c.cluster.gpu.usable_memory_gib:g} GiB x (1 - headroom {c.memory_headroom:g}))")
 
 # The order knobs are expanded in when a space is enumerated: the mesh first, so most candidates are
 # rejected before the cheap knobs multiply them.
@@ -383,12 +423,15 @@ RULES_BY_NAME = {r.name: r for r in RULES}
 
 
 def context_for(model: ModelSpec, cluster: ClusterSpec, workload: Workload, parallel: ParallelConfig | None = None,
-                allow_cross_node_tp: bool = False) -> Context:
+                allow_cross_node_tp: bool = False, memory_headroom: float = DEFAULT_MEMORY_HEADROOM,
+                memory_options: MemoryOptions | None = None) -> Context:
     layout_err = None
     if parallel is not None and parallel.pipeline_model_parallel_layout is not None:
         layout_err = pipeline.split_error(model.num_layers, parallel)
     return Context(model=model, cluster=cluster, workload=workload, allow_cross_node_tp=allow_cross_node_tp,
-                   layout_error=layout_err)
+                   layout_error=layout_err, memory_headroom=memory_headroom,
+                   memory_options=memory_options or MemoryOptions(),
+                   pipeline_layout=parallel.pipeline_model_parallel_layout if parallel is not None else None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -399,9 +442,11 @@ class RuleResult:
 
 
 def check_all(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, allow_cross_node_tp: bool = False,
-              rules: tuple[Rule, ...] = RULES) -> list[RuleResult]:
+              rules: tuple[Rule, ...] = RULES, memory_headroom: float = DEFAULT_MEMORY_HEADROOM,
+              memory_options: MemoryOptions | None = None) -> list[RuleResult]:
     """Every rule's verdict on one config, in order (for `autotune explain`)."""
-    ctx = context_for(model, cluster, job.workload, job.parallel, allow_cross_node_tp)
+    ctx = context_for(model, cluster, job.workload, job.parallel, allow_cross_node_tp, memory_headroom,
+                      memory_options)
     knobs = Knobs.of(job.parallel)
     out = []
     for rule in rules:
@@ -410,9 +455,11 @@ def check_all(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, allow_cros
     return out
 
 
-def violations(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, allow_cross_node_tp: bool = False) -> list[Violation]:
+def violations(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, allow_cross_node_tp: bool = False,
+               **memory: Any) -> list[Violation]:
+    """Failed rules only. `memory` passes memory_headroom / memory_options through to check_all."""
     return [Violation(rule=r.rule.name, message=r.message, fix=r.rule.fix)
-                    for r in check_all(model, cluster, job, allow_cross_node_tp) if not r.passed]
+            for r in check_all(model, cluster, job, allow_cross_node_tp, **memory) if not r.passed]
 
 
 def is_feasible(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, allow_cross_node_tp: bool = False) -> bool:

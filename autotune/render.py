@@ -85,6 +85,29 @@ def rules_table(results: list[RuleResult]) -> Table:
     return t
 
 
+def predicted_table(rows: list[dict]) -> Table:
+    """Predicted speed and memory, one row per config of the config table printed before it (same #)."""
+    t = Table(title="predicted (cost model: autotune/cost.py; memory: autotune/memory.py)")
+    for col in ("#", "tokens/s/GPU", "step time s", "MFU", "peak GiB", "fits"):
+        t.add_column(col, justify="right")
+    for n, r in enumerate(rows, 1):
+        t.add_row(str(n), f"{r['tokens_per_s_per_gpu']:,.0f}", f"{r['step_time_s']:.3f}", f"{r['mfu']:.1%}",
+                  f"{r['peak_memory_gib']:.1f}", "yes" if r["fits_memory"] else "[red]no[/]")
+    return t
+
+
+def memory_table(est) -> Table:
+    """Per-stage memory of the most loaded GPU of each stage (autotune.memory.MemoryEstimate)."""
+    t = Table(title=f"memory per GPU, most loaded GPU of each stage (GiB; peak {est.peak_memory_gib:.1f} "
+                    f"of {est.capacity_gib:g})")
+    for col in ("stage", "params", "weights", "grads", "optimizer", "activations", "overhead", "total"):
+        t.add_column(col, justify="right")
+    for s in est.stages:
+        t.add_row(str(s.stage), f"{s.num_parameters:,}", f"{s.weights_gib:.2f}", f"{s.gradients_gib:.2f}",
+                  f"{s.optimizer_gib:.2f}", f"{s.activations_gib:.2f}", f"{s.overhead_gib:.2f}", f"{s.total_gib:.2f}")
+    return t
+
+
 def console(stderr: bool = False) -> Console:
     c = Console(stderr=stderr, highlight=False, soft_wrap=False)
     if not c.is_terminal:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autotune.config import ParallelConfig, Workload
+from autotune.memory import MemoryOptions
 
 CATALOG_MODEL = {"llama3_8b": "llama3-8b", "llama3_70b": "llama3-70b", "llama31_405b": "llama3.1-405b",
                  "qwen3_30b_a3b": "qwen3-30b-a3b", "kimi_k2": "kimi-k2"}
@@ -40,6 +41,8 @@ class Recipe:
     num_gpus: int
     parallel: ParallelConfig
     workload: Workload
+    memory_options: MemoryOptions  # the recipe's gradient dtype and recompute settings
+    unmodelled: tuple[str, ...]  # options the memory model does not represent
     notes: str
 
 
@@ -71,6 +74,26 @@ def _int(v: str | None, default: int | None) -> int | None:
     if v in (None, "", "None"):
         return default
     return int(v)
+
+
+def recipe_memory_options(fields: dict[str, str]) -> tuple[MemoryOptions, list[str]]:
+    """Recompute modules / block recompute from the recipe's row, and what the memory model leaves out."""
+    unmodelled = []
+    modules = tuple(m.strip(" '\"") for m in (fields.get("recompute_modules") or "").strip("[]").split(",")
+                    if m.strip(" '\""))
+    num_layers = None
+    if (fields.get("recompute_method") or "").strip("'") == "block":
+        num_layers = int(fields["recompute_num_layers"])
+    if fields.get("cpu_offload_layers"):
+        unmodelled.append("CPU offload")
+    if "peft" in fields["function"]:
+        unmodelled.append("LoRA/PEFT: frozen base weights have no grads or optimizer state; we charge them")
+    if "fp8" in fields["function"]:
+        unmodelled.append("FP8 weight caches")
+    # Megatron-Bridge perf recipes reduce gradients in bf16 (perf_recipes/_common.py) except Kimi K2 (fp32).
+    opts = MemoryOptions(recompute_modules=modules or ("core_attn",), recompute_num_layers=num_layers,
+                         grad_reduce_in_fp32="kimi" in fields["function"])
+    return opts, unmodelled
 
 
 def load_recipes(refdata: Path) -> list[Recipe]:
@@ -113,6 +136,8 @@ def load_recipes(refdata: Path) -> list[Recipe]:
             notes.append("LoRA fine-tuning (frozen base weights)")
         if f.get("recompute_modules"):
             notes.append(f"recompute_modules={f['recompute_modules']}")
+        options, unmodelled = recipe_memory_options(f)
         out.append(Recipe(function=function, model=CATALOG_MODEL[key], num_gpus=gpus, parallel=parallel,
-                          workload=workload, notes="; ".join(notes)))
+                          workload=workload, memory_options=options, unmodelled=tuple(unmodelled),
+                          notes="; ".join(notes)))
     return out

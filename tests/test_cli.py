@@ -60,7 +60,7 @@ def test_explain_json_lists_every_rule(capsys):
     from autotune.constraints import RULES
 
     code, out, _ = run(capsys, "explain", "--model", "qwen3-235b", "--gpus", "256", "--tp", "2", "--pp", "8",
-                       "--vpp", "4", "--ep", "32", "--global-batch-size", "8192", "--pipeline-split",
+                       "--vpp", "4", "--ep", "32", "--global-batch-size", "8192", "--recompute", "full", "--pipeline-split",
                        "account_embedding_loss", "--json")
     assert code == 0
     d = json.loads(out)

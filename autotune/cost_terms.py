@@ -1,0 +1,264 @@
+"""The physical work of one training step, per GPU, for many configs at once: FLOPs, bytes, link times.
+
+Nothing here depends on fitted constants: `cost.py` turns these quantities into seconds with a
+handful of efficiencies, so calibration can re-combine them cheaply. Every quantity is a numpy
+array over the configs of a `constraints.Knobs` (or a length-1 array for one config).
+
+Shapes follow megatron-core 0.16.1:
+- Attention: QKV / output projections split over TP (KV heads replicated when TP > query groups);
+  MLA LoRA projections as in megatron/core/transformer/multi_latent_attention.py (down-projections
+  are not TP-split).
+- MoE: tokens are split over TP by sequence parallelism before dispatch, all-to-all over the EP group,
+  all-gathered over ETP (megatron/core/transformer/moe/token_dispatcher.py, alltoall dispatcher).
+- Rank placement is Megatron's default order tp-cp-ep-dp-pp for the dense mesh and etp-ep-edp-pp for
+  the expert mesh (megatron/core/parallel_state.py::RankGenerator, the expert generator drops cp):
+  TP is innermost (contiguous ranks), a CP group spans TP*CP consecutive ranks, an EP group spans
+  ETP*EP consecutive ranks with stride ETP, DP and EDP span the N/PP ranks of a stage, and
+  pipeline neighbours are N/PP ranks apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from autotune import constraints as C
+from autotune.cluster import ClusterSpec
+from autotune.config import Workload
+from autotune.model_spec import ModelSpec
+from autotune.params import count_parameters, layer_params
+
+_ADAM_BYTES_PER_PARAM = 30.0  # read grad+master+m+v (16), write master+m+v (12), write bf16 param (2)
+
+
+def padded_vocab(model: ModelSpec, tp: np.ndarray) -> np.ndarray:
+    """Megatron pads the vocabulary to a multiple of 128 * TP (make_vocab_size_divisible_by=128)."""
+    mult = 128 * tp
+    return np.ceil(model.vocab_size / mult) * mult
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerWork:
+    """Forward work of one decoder layer for one micro-batch on one GPU."""
+
+    linear_flops: np.ndarray  # GEMMs that run in the training precision
+    linear_bytes: np.ndarray  # operand + result bytes of those GEMMs (the roofline memory term)
+    attention_flops: np.ndarray  # core attention (flash attention, always bf16)
+    elementwise_bytes: np.ndarray  # norms, residuals, activation functions, MoE permutation
+    tp_link_s: np.ndarray  # TP (and ETP) collectives at nominal link bandwidth
+    cp_link_s: np.ndarray  # CP ring exchange of K,V at nominal link bandwidth
+    ep_link_s: np.ndarray  # EP all-to-all dispatch + combine at nominal link bandwidth
+
+
+def _link_bw(span: np.ndarray, domain: int, cluster: ClusterSpec) -> np.ndarray:
+    """Bytes/s of a collective over `span` consecutive ranks: NVLink inside the domain, else the NIC."""
+    inside = (span <= domain) & (domain % np.maximum(span, 1) == 0)
+    return np.where(inside, cluster.gpu.nvlink_bandwidth_gbps, cluster.gpu.internode_bandwidth_gbps) * 1e9
+
+
+class _Gemms:
+    def __init__(self, bytes_per_element: float):
+        self.flops: np.ndarray | float = 0.0
+        self.bytes: np.ndarray | float = 0.0
+        self.bpe = bytes_per_element
+
+    def add(self, m, k, n, count=1.0) -> None:
+        self.flops = self.flops + 2.0 * m * k * n * count
+        self.bytes = self.bytes + (m * k + k * n + m * n) * self.bpe * count
+
+
+def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.Knobs, moe_layer: bool) -> LayerWork:
+    s, h = float(workload.seq_length), float(model.hidden_size)
+    tp, cp, ep, etp = (np.asarray(x, dtype=float) for x in (k.tp, k.cp, k.ep, k.etp))
+    sp = np.asarray(k.sp, dtype=bool)
+    tokens = np.asarray(k.mbs, dtype=float) * s / cp  # per micro-batch on one CP rank
+    tokens_sp = np.where(sp, tokens / tp, tokens)  # what norms/residuals touch on one TP rank
+    domain = cluster.nvlink_domain_size
+    g = _Gemms(1.0 if workload.precision == "fp8" else 2.0)
+    gated = 2.0 if model.gated_mlp else 1.0
+
+    if model.mla is not None:
+        m, n = model.mla, model.num_attention_heads
+        q_head = m.qk_head_dim + m.qk_pos_emb_head_dim
+        if m.q_lora_rank is None:
+            g.add(tokens, h, n * q_head / tp)
+        else:
+            g.add(tokens, h, m.q_lora_rank)
+            g.add(tokens, m.q_lora_rank, n * q_head / tp)
+        g.add(tokens, h, m.kv_lora_rank + m.qk_pos_emb_head_dim)
+        g.add(tokens, m.kv_lora_rank, n * (m.qk_head_dim + m.v_head_dim) / tp)
+        g.add(tokens, n * m.v_head_dim / tp, h)
+        core_width = n * (q_head + m.v_head_dim) / tp
+        kv_width = n * (q_head + m.v_head_dim) / tp  # CP exchanges the up-projected K and V
+    else:
+        q = model.query_projection_size / tp
+        kv = model.kv_channels * np.maximum(model.num_query_groups / tp, 1.0)
+        g.add(tokens, h, q + 2 * kv)
+        g.add(tokens, q, h)
+        core_width = 2 * q
+        kv_width = 2 * kv
+    # Causal flash attention with CP's load-balanced chunks: each rank does 1/(TP*CP) of the half s^2.
+    attention_flops = 2.0 * tokens * s * core_width * 0.5
+
+    tp_bw = _link_bw(tp, domain, cluster)
+    allreduce_s = np.where(tp > 1, 2 * (tp - 1) / tp * tokens * h * 2 / tp_bw, 0.0)
+    num_tp_collectives = 2.0
+    ep_link = np.zeros_like(tokens)
+    etp_link = np.zeros_like(tokens)
+    if moe_layer and model.moe is not None:
+        moe = model.moe
+        routed_tokens = tokens / tp  # tokens entering the dispatcher on this rank (sequence parallel)
+        g.add(routed_tokens, h, moe.num_experts)  # router
+        if moe.shared_expert_ffn_hidden_size:
+            g.add(tokens, h, gated * moe.shared_expert_ffn_hidden_size / tp)
+            g.add(tokens, moe.shared_expert_ffn_hidden_size / tp, h)
+        else:
+            num_tp_collectives = 1.0  # attention only: routed experts keep tokens sequence-split
+        copies = routed_tokens * moe.router_topk * etp  # token copies this GPU's expert shards process
+        local_experts = moe.num_experts / ep
+        per_expert = copies / local_experts
+        g.add(per_expert, h, gated * moe.moe_ffn_hidden_size / etp, local_experts)
+        g.add(per_expert, moe.moe_ffn_hidden_size / etp, h, local_experts)
+        act_width = gated * (moe.shared_expert_ffn_hidden_size / tp) + copies / tokens * gated * (
+            moe.moe_ffn_hidden_size / etp)
+        elementwise_extra = 4.0 * copies * h * 2  # permute + unpermute, read and write
+        # All-to-all: each rank sends topk copies of its tokens; peers in its NVLink domain are reached
+        # over NVLink, the rest over the NIC (an EP group spans ETP*EP consecutive ranks, stride ETP).
+        send_bytes = routed_tokens * moe.router_topk * h * 2 * (ep - 1) / ep
+        span = etp * ep
+        peers_inside = np.where(span <= domain, ep, np.maximum(domain / etp, 1.0))
+        inside_frac = np.where(ep > 1, (peers_inside - 1) / np.maximum(ep - 1, 1), 1.0)
+        one_a2a = np.maximum(send_bytes * inside_frac / (cluster.gpu.nvlink_bandwidth_gbps * 1e9),
+                             send_bytes * (1 - inside_frac) / (cluster.gpu.internode_bandwidth_gbps * 1e9))
+        ep_link = 2.0 * one_a2a  # dispatch + combine
+        etp_bw = _link_bw(etp, domain, cluster)
+        etp_link = np.where(etp > 1, 2 * (etp - 1) / etp * copies * h * 2 / etp_bw, 0.0)  # AG + RS
+    else:
+        ffn = model.ffn_hidden_size / tp
+        g.add(tokens, h, gated * ffn)
+        g.add(tokens, ffn, h)
+        act_width = (gated + 1) * ffn
+        elementwise_extra = 0.0
+
+    # Two norms, two residual adds, rope/bias/dropout: ~10 reads+writes of the hidden state, plus the
+    # activation function over the MLP intermediate.
+    elementwise = 2.0 * (10 * tokens_sp * h + tokens * act_width) + elementwise_extra
+    cp_bw = _link_bw(tp * cp, domain, cluster)
+    cp_link = np.where(cp > 1, (cp - 1) * tokens * kv_width * 2 / cp_bw, 0.0)
+    return LayerWork(
+        linear_flops=np.broadcast_to(g.flops, tokens.shape), linear_bytes=np.broadcast_to(g.bytes, tokens.shape),
+        attention_flops=attention_flops, elementwise_bytes=elementwise,
+        tp_link_s=num_tp_collectives * allreduce_s + etp_link, cp_link_s=cp_link, ep_link_s=ep_link,
+    )
+
+
+def stage_layer_counts(model: ModelSpec, k: C.Knobs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decoder layers on the first stage, the busiest middle stage and the last stage.
+
+    Same arithmetic as pipeline.layers_per_chunk (summed over virtual chunks) for the even,
+    account-for-embedding/loss and uneven first/last splits; an explicit layout is not vectorised
+    (the scalar `cost.predict` reads it from pipeline.layers_per_chunk).
+    """
+    L = model.num_layers
+    pp = np.asarray(k.pp)
+    first, last = np.asarray(k.first), np.asarray(k.last)
+    emb, loss = np.asarray(k.emb_slot), np.asarray(k.loss_slot)
+    split = np.asarray(k.split)
+    slots = (L + emb + loss) // pp
+    even_first, even_last = slots - emb, slots - loss
+    has_f, has_l = (first > 0).astype(int), (last > 0).astype(int)
+    mid_stages = np.maximum(pp - has_f - has_l, 1)
+    mid = (L - first * has_f - last * has_l) // mid_stages
+    uneven = split == C.SPLIT_UNEVEN
+    f = np.where(uneven, np.where(has_f > 0, first, mid), even_first)
+    la = np.where(uneven, np.where(has_l > 0, last, mid), even_last)
+    m = np.where(uneven, mid, slots)
+    f = np.where(pp == 1, L, f)
+    la = np.where(pp == 1, L, la)
+    return f.astype(float), m.astype(float), la.astype(float)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepWork:
+    """Everything `cost.combine` needs, for N configs."""
+
+    dense: LayerWork
+    moe: LayerWork
+    layers_first: np.ndarray  # decoder layers on stage 0
+    layers_middle: np.ndarray  # on the busiest middle stage (only meaningful when PP > 2)
+    layers_last: np.ndarray
+    dense_on_first: np.ndarray  # leading dense layers of an MoE model, placed on stage 0
+    logits_flops: np.ndarray  # output GEMM forward, per micro-batch (last stage, bf16)
+    logits_bytes: np.ndarray
+    loss_bytes: np.ndarray  # fp32 vocab-parallel softmax / cross-entropy passes
+    pp: np.ndarray
+    vpp: np.ndarray
+    num_microbatches: np.ndarray
+    recompute: np.ndarray  # 0 none, 1 selective, 2 full
+    p2p_link_s: np.ndarray  # one activation send between stages
+    dp_reduce_link_s: np.ndarray  # grad reduce-scatter (or all-reduce without dist-opt), dense + expert
+    dp_gather_link_s: np.ndarray  # param all-gather (dist-opt only)
+    optimizer_bytes: np.ndarray  # HBM traffic of the Adam step over the local shard
+    num_layers: int
+    num_dense_layers: int
+    moe_model: bool
+
+
+def step_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.Knobs,
+              stage_layers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> StepWork:
+    n = cluster.num_gpus
+    tp, pp, cp, ep, etp, mbs = (np.asarray(x, dtype=float) for x in (k.tp, k.pp, k.cp, k.ep, k.etp, k.mbs))
+    vpp = np.where(pp > 1, np.asarray(k.vpp, dtype=float), 1.0)
+    sp, dist_opt = np.asarray(k.sp, dtype=bool), np.asarray(k.dist_opt, dtype=bool)
+    dp = n / (tp * pp * cp)
+    edp = n / (pp * ep * etp)
+    m = np.floor(workload.global_batch_size / (mbs * dp))
+    s, h = float(workload.seq_length), float(model.hidden_size)
+    tokens = mbs * s / cp
+    domain = cluster.nvlink_domain_size
+
+    moe = layer_work(model, cluster, workload, k, moe_layer=True) if model.is_moe else None
+    dense = layer_work(model, cluster, workload, k, moe_layer=False) if model.num_dense_layers else moe
+    moe = moe or dense
+    lf, lm, ll = stage_layer_counts(model, k) if stage_layers is None else stage_layers
+    dense_on_first = np.minimum(float(model.num_dense_layers), lf) if model.is_moe else lf
+
+    vocab = padded_vocab(model, tp)
+    logits_flops = 2.0 * tokens * h * vocab / tp
+    logits_bytes = (tokens * h + h * vocab / tp + tokens * vocab / tp) * 2.0
+    loss_bytes = 3.0 * tokens * vocab / tp * 4.0
+
+    pp_neighbour_bw = np.where(n / pp >= domain, cluster.gpu.internode_bandwidth_gbps,
+                               cluster.gpu.nvlink_bandwidth_gbps) * 1e9
+    p2p = np.where(pp > 1, tokens * h * 2 / np.where(sp, tp, 1.0) / pp_neighbour_bw, 0.0)
+
+    # Parameters held by the busiest stage (the DP/EDP gradient volume and the optimizer shard).
+    dense_lp, moe_lp = layer_params(model, False), layer_params(model, True)
+    counts = count_parameters(model)
+    def sharded(lp):  # noqa: E306 - per-GPU non-expert params of one layer
+        return (lp.attention + lp.mlp) / tp + lp.attention_replicated + lp.router + lp.norms
+    layers_max = np.maximum(np.maximum(lf, ll), np.where(pp > 2, lm, 0.0))
+    if model.is_moe:
+        n_dense = np.minimum(float(model.num_dense_layers), layers_max)
+        dense_params = n_dense * sharded(dense_lp) + (layers_max - n_dense) * sharded(moe_lp)
+        expert_params = (layers_max - n_dense) * moe_lp.routed_experts / (ep * etp)
+    else:
+        dense_params = layers_max * sharded(dense_lp)
+        expert_params = np.zeros_like(tp)
+    emb_params = (counts.embedding + counts.output_layer * (pp == 1)) / tp
+    dense_params = dense_params + emb_params
+    dp_bw = _link_bw(n / pp, domain, cluster)
+    rs = (dp - 1) / dp * dense_params * 4 + (edp - 1) / edp * expert_params * 4
+    ag = (dp - 1) / dp * dense_params * 2 + (edp - 1) / edp * expert_params * 2
+    dp_reduce = np.where(dist_opt, rs, 2 * rs) / dp_bw
+    dp_gather = np.where(dist_opt, ag, 0.0) / dp_bw
+    shard = np.where(dist_opt, dense_params / dp + expert_params / edp, dense_params + expert_params)
+
+    return StepWork(
+        dense=dense, moe=moe, layers_first=lf, layers_middle=lm, layers_last=ll, dense_on_first=dense_on_first,
+        logits_flops=logits_flops, logits_bytes=logits_bytes, loss_bytes=loss_bytes, pp=pp, vpp=vpp,
+        num_microbatches=m, recompute=np.asarray(k.recompute), p2p_link_s=p2p, dp_reduce_link_s=dp_reduce,
+        dp_gather_link_s=dp_gather, optimizer_bytes=shard * _ADAM_BYTES_PER_PARAM,
+        num_layers=model.num_layers, num_dense_layers=model.num_dense_layers, moe_model=model.is_moe,
+    )

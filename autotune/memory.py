@@ -1,0 +1,367 @@
+"""Analytic per-GPU memory: weights, gradients, optimizer state, activations and named overheads.
+
+For every pipeline stage we estimate the most loaded GPU of that stage (all GPUs of a stage hold the
+same shards). Pure: numpy only, no torch, no I/O.
+
+Weights and optimizer follow what Megatron Core 0.16.1 allocates (checked parameter-for-parameter
+against real GPTModel chunks in tests/test_memory_megatron.py):
+- bf16 weights; TP shards attention projections, dense MLPs and shared experts; EP x ETP shards the
+  routed experts; norms and the router are replicated; MLA down-projections are replicated (TE spec:
+  TELinear parallel_mode='duplicated', multi_latent_attention.py);
+- the vocabulary is padded to a multiple of 128 * TP (Megatron-LM make_vocab_size_divisible_by=128);
+  the embedding sits on the first stage, the output layer and final norm on the last; with tied
+  embeddings and PP > 1 the last stage keeps its own copy of the word embeddings
+  (language_module.py::setup_embeddings_and_output_layer);
+- fp32 main gradients (DDP grad buffer, not sharded); fp32 master weights + Adam m and v
+  (12 bytes/param), divided by DP x CP for dense params and by the expert-DP size for routed experts
+  with the distributed optimizer (distributed_data_parallel.py uses the dp_cp group for dense
+  buffers and expt_dp for experts; FORMULAS.md §2.1). Bucket padding (at most lcm(DP, 128) per
+  bucket and 64 per param) is not modelled.
+Activations: memory_activations.py, times the micro-batches each chunk holds (memory_layout.py).
+Overheads: `Overheads`, each a named term.
+
+Two entry points share one implementation: `estimate_memory` for one config (a frozen
+MemoryEstimate with the per-stage breakdown) and `peak_memory_gib_batch` for a whole enumerated
+space (numpy arrays), so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from autotune.cluster import ClusterSpec
+from autotune.config import JobConfig, ParallelConfig, Workload
+from autotune.errors import ConfigError
+from autotune.memory_activations import (
+    BF16, FP32, RECOMPUTE_MODULES, Shard, dense_layer_bytes, layer_input_bytes, logits_bytes, moe_layer_bytes,
+)
+from autotune.memory_layout import ChunkLayers, chunk_layers, chunk_layers_for, in_flight_units
+from autotune.model_spec import ModelSpec
+from autotune.params import layer_params, norm_params
+
+GIB = 2**30
+VOCAB_DIVISIBLE_BY = 128  # Megatron-LM --make-vocab-size-divisible-by default
+OPTIMIZER_BYTES = 3 * FP32  # fp32 master weights, Adam exp_avg, exp_avg_sq
+
+
+@dataclass(frozen=True, kw_only=True)
+class Overheads:
+    """Memory outside the model's tensors. Each term is named and configurable; none is hidden."""
+
+    cuda_context_gib: float = 0.75  # CUDA context, cuBLAS/cuDNN workspaces and loaded kernels
+    nccl_buffers_gib: float = 1.0  # NCCL communicator buffers for the TP/DP/PP/EP groups
+    fragmentation_fraction: float = 0.05  # caching-allocator fragmentation, as a share of allocated bytes
+
+    def __post_init__(self) -> None:
+        for name in ("cuda_context_gib", "nccl_buffers_gib", "fragmentation_fraction"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryOptions:
+    """Training options the parallel knobs do not carry."""
+
+    recompute_modules: tuple[str, ...] = ("core_attn",)  # for selective recompute (Megatron's default list)
+    recompute_num_layers: int | None = None  # full recompute 'block' method: layers per chunk; None = every layer
+    hidden_dropout: bool = False  # 1-byte residual-dropout masks (Megatron-Bridge recipes set dropout 0)
+    # fp32 main gradients (Megatron-LM forces accumulate_allreduce_grads_in_fp32 with --bf16); Megatron-Bridge
+    # performance recipes turn it off (perf_recipes/_common.py: grad_reduce_in_fp32 = False) -> bf16 grads.
+    grad_reduce_in_fp32: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = set(self.recompute_modules) - set(RECOMPUTE_MODULES)
+        if unknown:
+            raise ConfigError(f"unknown recompute modules {sorted(unknown)}; known: {', '.join(RECOMPUTE_MODULES)}")
+        if self.recompute_num_layers is not None and self.recompute_num_layers < 0:
+            raise ConfigError(f"recompute_num_layers must be >= 0, got {self.recompute_num_layers}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageMemory:
+    """The most loaded GPU of one pipeline stage."""
+
+    stage: int
+    num_parameters: int  # parameters this GPU holds (all its virtual chunks)
+    weights_gib: float
+    gradients_gib: float
+    optimizer_gib: float
+    activations_gib: float
+    overhead_gib: float
+
+    @property
+    def allocated_gib(self) -> float:
+        """What torch's allocator hands out at the peak (comparable to max_memory_allocated)."""
+        return self.weights_gib + self.gradients_gib + self.optimizer_gib + self.activations_gib
+
+    @property
+    def total_gib(self) -> float:
+        return self.allocated_gib + self.overhead_gib
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "num_parameters": self.num_parameters, "weights_gib": self.weights_gib,
+                "gradients_gib": self.gradients_gib, "optimizer_gib": self.optimizer_gib,
+                "activations_gib": self.activations_gib, "overhead_gib": self.overhead_gib,
+                "total_gib": self.total_gib}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryEstimate:
+    stages: tuple[StageMemory, ...]
+    capacity_gib: float  # the GPU's memory
+    overheads: Overheads = field(default_factory=Overheads)
+
+    @property
+    def peak_stage(self) -> StageMemory:
+        return max(self.stages, key=lambda s: s.total_gib)
+
+    @property
+    def peak_memory_gib(self) -> float:
+        return self.peak_stage.total_gib
+
+    @property
+    def peak_allocated_gib(self) -> float:
+        return max(s.allocated_gib for s in self.stages)
+
+    def fits(self, headroom: float) -> bool:
+        return self.peak_memory_gib <= self.capacity_gib * (1 - headroom)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stages": [s.to_dict() for s in self.stages], "peak_memory_gib": self.peak_memory_gib,
+                "peak_stage": self.peak_stage.stage, "capacity_gib": self.capacity_gib}
+
+
+def padded_vocab_size(vocab_size: int, tp: Any) -> Any:
+    multiple = VOCAB_DIVISIBLE_BY * np.asarray(tp)
+    return -(-vocab_size // multiple) * multiple
+
+
+# --- the shared implementation: knobs as arrays of shape (n, 1, 1), chunks as (1, PP, VPP) --------
+
+@dataclass(frozen=True, kw_only=True)
+class _Rows:
+    tp: Any
+    cp: Any
+    ep: Any
+    etp: Any
+    mbs: Any
+    sp: Any
+    dist_opt: Any
+    recompute: Any  # 0 none, 1 selective, 2 full
+    dp: Any
+    edp: Any
+    num_microbatches: Any
+
+
+def _params_per_stage(m: ModelSpec, rows: _Rows, chunks: ChunkLayers, seq_length: int) -> dict[str, Any]:
+    """Dense (DP-sharded by the distributed optimizer) and expert params per stage: shape (n, PP)."""
+    dense_l, moe_l = layer_params(m, False), layer_params(m, True)
+    mla_down = 0
+    if m.mla is not None:  # down-projections are replicated under TP (TE spec)
+        mla_down = m.hidden_size * ((m.mla.q_lora_rank or 0) + m.mla.kv_lora_rank + m.mla.qk_pos_emb_head_dim)
+    # RowParallelLinear keeps its bias whole on every TP rank (tensor_parallel/layers.py): the attention
+    # output projection's, and the dense MLP's fc2 (shared experts have no bias).
+    row_bias = m.hidden_size if m.add_bias_linear else 0
+    dense_repl = mla_down + 2 * row_bias
+    moe_repl = mla_down + row_bias
+    tp = rows.tp[..., 0]  # (n, 1)
+    per_dense = (dense_l.attention + dense_l.mlp - dense_repl) / tp + dense_repl + dense_l.attention_replicated + \
+        dense_l.norms
+    per_moe_dense = (moe_l.attention + moe_l.mlp - moe_repl) / tp + moe_repl + moe_l.attention_replicated + \
+        moe_l.norms + moe_l.router
+    per_moe_expert = moe_l.routed_experts / (rows.ep * rows.etp)[..., 0] if m.is_moe else 0 * tp
+    n_dense = chunks.dense.sum(axis=1)[None, :]  # (1, PP)
+    n_moe = chunks.moe.sum(axis=1)[None, :]
+    pp = chunks.pp
+    first = (np.arange(pp) == 0)[None, :]
+    last = (np.arange(pp) == pp - 1)[None, :]
+    vocab_shard = padded_vocab_size(m.vocab_size, tp) * m.hidden_size / tp
+    positions = max(seq_length, m.max_position_embeddings) * m.hidden_size \
+        if m.position_embedding_type == "learned_absolute" else 0
+    embedding = vocab_shard + positions
+    # Untied: an output layer. Tied with PP > 1: the last stage's own copy of the word embeddings.
+    output = vocab_shard if (not m.tie_embeddings or pp > 1) else 0 * tp
+    dense = n_dense * per_dense + n_moe * per_moe_dense + first * embedding + last * (
+        output + norm_params(m, m.hidden_size))
+    expert = n_moe * per_moe_expert
+    return {"dense": dense, "expert": expert}
+
+
+def _selective_modules(options: MemoryOptions) -> frozenset[str]:
+    return frozenset(options.recompute_modules)
+
+
+def _activations_per_stage(m: ModelSpec, rows: _Rows, chunks: ChunkLayers, workload: Workload,
+                           options: MemoryOptions) -> Any:
+    """Peak activation bytes per stage, shape (n, PP)."""
+    shard = Shard(tokens=rows.mbs * workload.seq_length / rows.cp, tp=rows.tp, sp=rows.sp, etp=rows.etp,
+                  fp8=workload.precision == "fp8")
+    none, selective = frozenset(), _selective_modules(options)
+    full_dense = dense_layer_bytes(m, shard, none, options.hidden_dropout)
+    full_moe = moe_layer_bytes(m, shard, none, options.hidden_dropout) if m.is_moe else 0 * full_dense
+    sel_dense = dense_layer_bytes(m, shard, selective, options.hidden_dropout)
+    sel_moe = moe_layer_bytes(m, shard, selective, options.hidden_dropout) if m.is_moe else 0 * full_dense
+    kept_input = layer_input_bytes(m, shard)
+    is_sel, is_full = rows.recompute == 1, rows.recompute == 2
+    a_dense = np.where(is_sel, sel_dense, full_dense)  # (n, 1, 1)
+    a_moe = np.where(is_sel, sel_moe, full_moe)
+    dense_c = chunks.dense[None]  # (1, PP, V)
+    moe_c = chunks.moe[None]
+    # Full recompute ('uniform', 1 layer, or 'block' with recompute_num_layers per chunk): recomputed
+    # layers keep only their input; the first layers of a chunk are the recomputed ones.
+    r_layers = (dense_c + moe_c) if options.recompute_num_layers is None else options.recompute_num_layers
+    rec_dense = np.where(is_full, np.minimum(r_layers, dense_c), 0)
+    rec_moe = np.where(is_full, np.minimum(r_layers - rec_dense, moe_c), 0)
+    per_chunk = (rec_dense + rec_moe) * kept_input + (dense_c - rec_dense) * a_dense + (moe_c - rec_moe) * a_moe
+    units = in_flight_units(rows.num_microbatches, chunks.pp, chunks.vpp)  # (n, PP, V)
+    stage = (units * per_chunk).sum(axis=2)  # (n, PP)
+    # Transients of one micro-batch: a recomputed layer's full activations during its backward, and the
+    # logits / cross-entropy buffers on the last stage.
+    has_dense, has_moe = chunks.dense.sum(axis=1)[None] > 0, chunks.moe.sum(axis=1)[None] > 0
+    working = np.maximum(np.where(has_dense, full_dense[..., 0], 0), np.where(has_moe, full_moe[..., 0], 0))
+    stage = stage + np.where(is_full[..., 0], working, 0)
+    last = (np.arange(chunks.pp) == chunks.pp - 1)[None, :]
+    logits = logits_bytes(m, shard, padded_vocab_size(m.vocab_size, rows.tp))[..., 0]  # (n, 1)
+    stage = stage + last * logits
+    return stage
+
+
+def _stage_bytes(m: ModelSpec, rows: _Rows, chunks: ChunkLayers, workload: Workload,
+                 options: MemoryOptions) -> dict[str, Any]:
+    params = _params_per_stage(m, rows, chunks, workload.seq_length)
+    dense, expert = params["dense"], params["expert"]
+    dp_cp = (rows.dp * rows.cp)[..., 0]
+    edp = rows.edp[..., 0]
+    dist = rows.dist_opt[..., 0] == 1
+    optimizer = OPTIMIZER_BYTES * (np.where(dist, dense / dp_cp, dense) + np.where(dist, expert / edp, expert))
+    return {
+        "num_parameters": dense + expert,
+        "weights": BF16 * (dense + expert),
+        "gradients": (FP32 if options.grad_reduce_in_fp32 else BF16) * (dense + expert),
+        "optimizer": optimizer,
+        "activations": _activations_per_stage(m, rows, chunks, workload, options),
+    }
+
+
+def _overhead_bytes(allocated: Any, overheads: Overheads) -> Any:
+    return (overheads.cuda_context_gib + overheads.nccl_buffers_gib) * GIB + \
+        overheads.fragmentation_fraction * allocated
+
+
+def _rows_of(tp, cp, ep, etp, mbs, sp, dist_opt, recompute, num_gpus: int, pp, global_batch_size: int) -> _Rows:
+    def col(x: Any) -> np.ndarray:
+        return np.asarray(x, dtype=np.int64).reshape(-1, 1, 1)
+
+    tp, cp, ep, etp, mbs, pp = col(tp), col(cp), col(ep), col(etp), col(mbs), col(pp)
+    dp = num_gpus // (tp * pp * cp)
+    edp = num_gpus // (pp * ep * etp)
+    return _Rows(tp=tp, cp=cp, ep=ep, etp=etp, mbs=mbs, sp=col(sp), dist_opt=col(dist_opt),
+                 recompute=col(recompute), dp=dp, edp=edp,
+                 num_microbatches=np.maximum(global_batch_size // np.maximum(mbs * dp, 1), 1))
+
+
+# --- public API ---------------------------------------------------------------------------------
+
+def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, overheads: Overheads = Overheads(),
+                    options: MemoryOptions = MemoryOptions()) -> MemoryEstimate:
+    """Per-stage memory of one config. The config must pass the constraint rules."""
+    p: ParallelConfig = job.parallel
+    recompute = {None: 0, "selective": 1, "full": 2}[p.recompute_granularity]
+    rows = _rows_of(p.tp, p.cp, p.ep, p.etp, p.micro_batch_size, int(p.sequence_parallel),
+                    int(p.use_distributed_optimizer), recompute, job.num_gpus, p.pp, job.workload.global_batch_size)
+    chunks = chunk_layers(model.num_layers, model.num_dense_layers, _split_only(p))
+    b = _stage_bytes(model, rows, chunks, job.workload, options)
+    stages = []
+    for r in range(p.pp):
+        parts = {k: float(np.asarray(v)[0, r]) for k, v in b.items()}
+        allocated = parts["weights"] + parts["gradients"] + parts["optimizer"] + parts["activations"]
+        stages.append(StageMemory(
+            stage=r, num_parameters=int(round(parts["num_parameters"])), weights_gib=parts["weights"] / GIB,
+            gradients_gib=parts["gradients"] / GIB, optimizer_gib=parts["optimizer"] / GIB,
+            activations_gib=parts["activations"] / GIB,
+            overhead_gib=float(_overhead_bytes(allocated, overheads)) / GIB,
+        ))
+    return MemoryEstimate(stages=tuple(stages), capacity_gib=cluster.gpu.usable_memory_gib, overheads=overheads)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageParameters:
+    """Parameters one GPU of a stage holds, split by how the distributed optimizer shards them."""
+
+    stage: int
+    dense: int  # sharded over DP x CP by the distributed optimizer
+    expert: int  # routed experts, sharded over the expert-data-parallel group
+
+    @property
+    def total(self) -> int:
+        return self.dense + self.expert
+
+
+def parameters_per_stage(model: ModelSpec, job: JobConfig) -> tuple[StageParameters, ...]:
+    p = job.parallel
+    rows = _rows_of(p.tp, p.cp, p.ep, p.etp, p.micro_batch_size, 0, 0, 0, job.num_gpus, p.pp,
+                    job.workload.global_batch_size)
+    chunks = chunk_layers(model.num_layers, model.num_dense_layers, _split_only(p))
+    params = _params_per_stage(model, rows, chunks, job.workload.seq_length)
+    return tuple(StageParameters(stage=r, dense=int(round(float(params["dense"][0, r]))),
+                                 expert=int(round(float(np.asarray(params["expert"])[0, r]))))
+                 for r in range(p.pp))
+
+
+def _split_only(p: ParallelConfig) -> ParallelConfig:
+    """The knobs that decide the layer split (so the chunk table cache is shared across configs)."""
+    return ParallelConfig(
+        pipeline_model_parallel_size=p.pp, virtual_pipeline_model_parallel_size=p.virtual_pipeline_model_parallel_size,
+        account_for_embedding_in_pipeline_split=p.account_for_embedding_in_pipeline_split,
+        account_for_loss_in_pipeline_split=p.account_for_loss_in_pipeline_split,
+        num_layers_in_first_pipeline_stage=p.num_layers_in_first_pipeline_stage,
+        num_layers_in_last_pipeline_stage=p.num_layers_in_last_pipeline_stage,
+        pipeline_model_parallel_layout=p.pipeline_model_parallel_layout,
+    )
+
+
+def peak_memory_gib_batch(model: ModelSpec, cluster: ClusterSpec, workload: Workload, knobs: Any,
+                          overheads: Overheads = Overheads(), options: MemoryOptions = MemoryOptions(),
+                          layout: str | None = None) -> np.ndarray:
+    """Peak per-GPU memory (GiB, max over stages, overheads included) of every config in `knobs`.
+
+    `knobs` is a constraints.Knobs of equal-length arrays (or ints). Rows with split=3 (explicit
+    layout) use `layout`. Rows that break a constraint rule give meaningless numbers.
+    """
+    cols = {k: np.atleast_1d(np.asarray(getattr(knobs, k), dtype=np.int64))
+            for k in ("tp", "pp", "vpp", "cp", "ep", "etp", "mbs", "sp", "dist_opt", "recompute", "split",
+                      "first", "last", "emb_slot", "loss_slot")}
+    n = max(len(v) for v in cols.values())
+    cols = {k: np.broadcast_to(v, (n,)) for k, v in cols.items()}
+    out = np.empty(n, dtype=np.float64)
+    # Rows with the same layer split share one chunk table: group them by a packed integer key
+    # (np.unique on a 1-D int array is much faster than on rows).
+    split_keys = ("pp", "vpp", "split", "first", "last", "emb_slot", "loss_slot")
+    packed = np.zeros(n, dtype=np.int64)
+    for k in split_keys:
+        packed = packed * 4099 + (cols[k] + 1)  # +1: first/last may be -1
+    _, first_row, inverse = np.unique(packed, return_index=True, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse))
+    for g, row in enumerate(first_row):
+        sel = order[(bounds[g - 1] if g else 0):bounds[g]]
+        pp, vpp, split, first, last, emb, loss = (int(cols[k][row]) for k in split_keys)
+        if split == 3:
+            if layout is None:
+                raise ConfigError("a config with an explicit pipeline layout needs the layout string")
+            chunks = chunk_layers(model.num_layers, model.num_dense_layers, ParallelConfig(
+                pipeline_model_parallel_size=pp, virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None,
+                pipeline_model_parallel_layout=layout))
+        else:
+            chunks = chunk_layers_for(model.num_layers, model.num_dense_layers, pp, vpp, split, first, last,
+                                      emb, loss)
+        rows = _rows_of(*(cols[k][sel] for k in ("tp", "cp", "ep", "etp", "mbs", "sp", "dist_opt", "recompute")),
+                        num_gpus=cluster.num_gpus, pp=cols["pp"][sel], global_batch_size=workload.global_batch_size)
+        b = _stage_bytes(model, rows, chunks, workload, options)
+        allocated = b["weights"] + b["gradients"] + b["optimizer"] + b["activations"]
+        total = allocated + _overhead_bytes(allocated, overheads)
+        out[sel] = np.max(total, axis=1) / GIB
+    return out

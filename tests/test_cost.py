@@ -1,0 +1,155 @@
+"""The cost model (autotune/cost.py): scalar and batch paths agree, and its physics points the right way."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from autotune import constraints as C
+from autotune.cluster import ClusterSpec
+from autotune.config import JobConfig, ParallelConfig, Workload
+from autotune.cost import BREAKDOWN_KEYS, CostConstants, predict, predict_batch
+from autotune.cost_constants import load_cost_constants
+from autotune.cost_terms import stage_layer_counts
+from autotune.errors import ConfigError, SpecFileError
+from autotune.model_catalog import get_model
+from autotune.pipeline import layers_per_chunk
+from autotune.space import enumerate_space
+from autotune.space_files import default_space
+
+CASES = [("llama3-70b", 64, 256, "bf16"), ("qwen3-30b-a3b", 16, 512, "fp8"), ("deepseek-v2-lite", 32, 256, "bf16")]
+
+
+def _job(num_gpus: int, gbs: int = 256, precision: str = "bf16", seq: int = 4096, **parallel) -> JobConfig:
+    return JobConfig(num_gpus=num_gpus, parallel=ParallelConfig(**parallel),
+                     workload=Workload(seq_length=seq, global_batch_size=gbs, precision=precision))
+
+
+@pytest.mark.parametrize("name,gpus,gbs,precision", CASES)
+def test_scalar_and_batch_agree(name, gpus, gbs, precision):
+    model, cluster = get_model(name), ClusterSpec.build(gpus, "h100")
+    res = enumerate_space(default_space(model), model, cluster, Workload(seq_length=4096, global_batch_size=gbs,
+                                                                         precision=precision))
+    batch = predict_batch(model, cluster, res.workload, res.knobs)
+    rng = np.random.default_rng(0)
+    for i in rng.choice(res.num_feasible, size=min(40, res.num_feasible), replace=False):
+        one = predict(model, cluster, res.job(int(i)))
+        assert one.step_time_s == pytest.approx(batch["step_time_s"][i], rel=1e-9)
+        assert one.tokens_per_s_per_gpu == pytest.approx(batch["tokens_per_s_per_gpu"][i], rel=1e-9)
+        assert one.mfu == pytest.approx(batch["mfu"][i], rel=1e-9)
+        assert sum(one.breakdown_s.values()) == pytest.approx(one.step_time_s, rel=1e-9)
+
+
+@pytest.mark.parametrize("name,gpus", [("llama3.1-405b", 512), ("deepseek-v3", 256), ("tiny-moe", 8)])
+def test_vectorised_stage_layers_match_layers_per_chunk(name, gpus):
+    model, cluster = get_model(name), ClusterSpec.build(gpus, "h100")
+    res = enumerate_space(default_space(model), model, cluster, Workload(seq_length=4096, global_batch_size=1024))
+    first, middle, last = stage_layer_counts(model, res.knobs)
+    seen = set()
+    for i in range(res.num_feasible):
+        key = tuple(int(getattr(res.knobs, k)[i]) for k in ("pp", "vpp", "split", "first", "last"))
+        if key in seen:
+            continue
+        seen.add(key)
+        per_stage = [sum(c) for c in layers_per_chunk(model.num_layers, res.parallel_config(i))]
+        assert (first[i], last[i]) == (per_stage[0], per_stage[-1]), key
+        if len(per_stage) > 2:
+            assert middle[i] == max(per_stage[1:-1]), key
+
+
+def test_tp_across_nodes_is_slower():
+    model = get_model("llama3-70b")
+    job = _job(64, tensor_model_parallel_size=8, pipeline_model_parallel_size=4, sequence_parallel=True)
+    inside = predict(model, ClusterSpec.build(64, "h100", gpus_per_node=8), job)
+    across = predict(model, ClusterSpec.build(64, "h100", gpus_per_node=4), job)
+    assert across.step_time_s > 1.2 * inside.step_time_s
+    assert across.breakdown_s["tp_comm"] > 5 * inside.breakdown_s["tp_comm"]
+
+
+def test_ep_across_nodes_is_slower():
+    model, cluster = get_model("qwen3-30b-a3b"), ClusterSpec.build(16, "h100")
+    inside = predict(model, cluster, _job(16, expert_model_parallel_size=8))
+    across = predict(model, cluster, _job(16, expert_model_parallel_size=16))
+    assert across.breakdown_s["ep_comm"] > 2 * inside.breakdown_s["ep_comm"]
+
+
+def test_more_microbatches_shrink_the_bubble():
+    model, cluster = get_model("llama3-70b"), ClusterSpec.build(64, "h100")
+    fractions = []
+    for gbs in (32, 64, 128, 512):
+        est = predict(model, cluster, _job(64, gbs=gbs, tensor_model_parallel_size=4, pipeline_model_parallel_size=8,
+                                           sequence_parallel=True))
+        fractions.append(est.breakdown_s["pipeline_bubble"] / est.step_time_s)
+    assert fractions == sorted(fractions, reverse=True) and fractions[-1] < 0.5 * fractions[0]
+
+
+def test_interleaving_shrinks_the_bubble():
+    model, cluster = get_model("llama3-70b"), ClusterSpec.build(64, "h100")
+    kw = dict(tensor_model_parallel_size=4, pipeline_model_parallel_size=8, sequence_parallel=True)
+    plain = predict(model, cluster, _job(64, **kw))
+    interleaved = predict(model, cluster, _job(64, virtual_pipeline_model_parallel_size=5, **kw))
+    assert interleaved.breakdown_s["pipeline_bubble"] == pytest.approx(plain.breakdown_s["pipeline_bubble"] / 5,
+                                                                       rel=1e-9)
+    assert interleaved.step_time_s < plain.step_time_s
+
+
+def test_fp8_faster_than_bf16_when_compute_bound():
+    model, cluster = get_model("llama3-70b"), ClusterSpec.build(64, "h100")
+    kw = dict(tensor_model_parallel_size=4, pipeline_model_parallel_size=4, sequence_parallel=True)
+    bf16 = predict(model, cluster, _job(64, precision="bf16", **kw))
+    fp8 = predict(model, cluster, _job(64, precision="fp8", **kw))
+    assert fp8.tokens_per_s_per_gpu > 1.2 * bf16.tokens_per_s_per_gpu
+
+
+def test_recompute_costs_time():
+    model, cluster = get_model("llama3-8b"), ClusterSpec.build(8, "h100")
+    none = predict(model, cluster, _job(8, gbs=128))
+    selective = predict(model, cluster, _job(8, gbs=128, recompute_granularity="selective"))
+    full = predict(model, cluster, _job(8, gbs=128, recompute_granularity="full"))
+    assert none.step_time_s < selective.step_time_s < full.step_time_s
+    # Full recompute re-runs one forward: about a third more compute.
+    assert full.step_time_s / none.step_time_s == pytest.approx(4 / 3, abs=0.08)
+
+
+def test_model_tflops_convention():
+    model, cluster = get_model("llama3-8b"), ClusterSpec.build(8, "h100")
+    est = predict(model, cluster, _job(8, gbs=128, seq=8192))
+    from autotune.flops import model_flops_per_iteration
+    expected = model_flops_per_iteration(model, 8192, 128) / (est.step_time_s * 8) / 1e12
+    assert est.model_tflops_per_gpu == pytest.approx(expected, rel=1e-12)
+    assert est.mfu == pytest.approx(expected / 989, rel=1e-12)
+
+
+def test_constants_reject_unknown_and_missing_keys():
+    good = load_cost_constants().to_dict()
+    with pytest.raises(ConfigError, match="unknown keys \\['gemm_eff'\\]"):
+        CostConstants.from_dict({**good, "gemm_eff": 1.0})
+    missing = dict(good)
+    missing.pop("attention_efficiency")
+    with pytest.raises(ConfigError, match="missing keys \\['attention_efficiency'\\]"):
+        CostConstants.from_dict(missing)
+    with pytest.raises(ConfigError, match="must be positive, got gemm_efficiency=-1.0"):
+        CostConstants.from_dict({**good, "gemm_efficiency": -1})
+    assert CostConstants.from_dict(good) == load_cost_constants()
+
+
+def test_constants_file_errors(tmp_path):
+    with pytest.raises(SpecFileError, match="not found"):
+        load_cost_constants(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(SpecFileError, match="not valid JSON"):
+        load_cost_constants(bad)
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"gemm_efficiency": 1}))
+    with pytest.raises(SpecFileError, match="'constants' mapping"):
+        load_cost_constants(wrong)
+
+
+def test_breakdown_keys_complete():
+    model, cluster = get_model("tiny-moe"), ClusterSpec.build(8, "h100")
+    est = predict(model, cluster, _job(8, gbs=64, seq=1024, expert_model_parallel_size=2))
+    assert set(est.breakdown_s) == set(BREAKDOWN_KEYS)
+    assert all(v >= 0 for v in est.breakdown_s.values())
