@@ -1,0 +1,404 @@
+"""One rank of a trial, run by torchrun: build, warm up, time, report.
+
+`python -m trial_runner.worker --spec spec.json --out result.json` (torchrun sets RANK etc.).
+Rank 0 writes the result JSON atomically when the run completes or the loss goes non-finite
+(both are known to every rank). A rank that fails on its own writes `<out>.rank<N>.json` with its
+status and error, so the launcher can report the *first* failing rank, not the collateral ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from trial_runner.spec import PhaseTimings, TrialResult, TrialSpec, Versions
+
+WORKER_STARTED_MARKER = "trial_runner.worker started"
+_GIB = 1024**3
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class InvalidConfigError(RuntimeError):
+    """Megatron refused the config while building it (its own message is kept)."""
+
+
+def rank_failure_path(out: Path, rank: int) -> Path:
+    return out.with_name(f"{out.name}.rank{rank}.json")
+
+
+def _versions() -> Versions:
+    import torch
+
+    try:
+        from megatron.core import __version__ as mcore
+    except ImportError:
+        mcore = None
+    try:
+        import transformer_engine
+
+        te = transformer_engine.__version__
+    except ImportError:
+        te = None
+    return Versions(torch=torch.__version__, megatron_core=mcore, transformer_engine=te, cuda=torch.version.cuda)
+
+
+def classify(exc: BaseException) -> str:
+    """Map an exception to a trial status."""
+    import torch
+
+    if isinstance(exc, NonFiniteLossError):
+        return "nan_loss"
+    if isinstance(exc, InvalidConfigError):
+        return "invalid_config"
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return "oom"
+    text = str(exc)
+    # CPU allocation failures surface as RuntimeError from c10's DefaultCPUAllocator.
+    if "can't allocate memory" in text or "out of memory" in text.lower():
+        return "oom"
+    from trial_runner.model_builder import UnsupportedModelError
+
+    if isinstance(exc, UnsupportedModelError):
+        return "unsupported"
+    return "crashed"
+
+
+def _peak_memory_gib(backend: str) -> tuple[float, float]:
+    """(allocated, reserved) peak of this rank."""
+    if backend == "gpu":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / _GIB, torch.cuda.max_memory_reserved() / _GIB
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB  # ru_maxrss is KiB on Linux
+    return rss, rss
+
+
+def _apply_memory_cap(spec: TrialSpec) -> None:
+    if spec.memory_cap_gib is not None:
+        cap = int(spec.memory_cap_gib * _GIB)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+class Trial:
+    """The state of one rank's run, phase by phase."""
+
+    def __init__(self, spec: TrialSpec, out: Path, rank: int, world: int):
+        self.spec, self.out, self.rank, self.world = spec, out, rank, world
+        self.parallel = spec.job.parallel
+        self.losses: list[float] = []
+        self.step = 0
+
+    # --- init -------------------------------------------------------------------------------
+    def init(self) -> None:
+        import torch
+        import torch.distributed as dist
+
+        spec = self.spec
+        if spec.backend == "gpu":
+            # Megatron's TP comm overlap and ordered kernel launches rely on one hardware queue.
+            os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            self.dtype = torch.bfloat16
+        else:
+            # CPU bf16 matmuls are emulated and noisy; fp32 keeps TP-vs-TP1 loss checks tight.
+            self.dtype = torch.float32
+        dist.init_process_group(backend="nccl" if spec.backend == "gpu" else "gloo")
+
+        from megatron.core import parallel_state, tensor_parallel
+
+        p = self.parallel
+        try:
+            parallel_state.initialize_model_parallel(
+                tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp,
+                virtual_pipeline_model_parallel_size=p.virtual_pipeline_model_parallel_size,
+                context_parallel_size=p.cp, expert_model_parallel_size=p.ep, expert_tensor_parallel_size=p.etp,
+            )
+        except (ValueError, AssertionError, RuntimeError) as exc:
+            raise InvalidConfigError(f"initialize_model_parallel refused the config: {exc}") from exc
+        tensor_parallel.model_parallel_cuda_manual_seed(spec.seed)
+        torch.manual_seed(spec.seed)
+        self._build()
+
+    def _build(self) -> None:
+        import torch
+        from megatron.core import parallel_state
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        from trial_runner.model_builder import build_model_chunks, choose_layer_spec, count_local_parameters
+
+        spec, p = self.spec, self.parallel
+        self.layer_spec = choose_layer_spec(spec.backend)
+        try:
+            chunks = build_model_chunks(
+                spec.model, p, seq_length=spec.job.workload.seq_length, dtype=self.dtype,
+                layer_spec=self.layer_spec, use_cpu_initialization=spec.backend == "cpu",
+                # The CPU backend always trains in fp32 (see init); precision applies on GPU.
+                fp8=spec.backend == "gpu" and spec.job.workload.precision == "fp8",
+            )
+        except (ValueError, AssertionError) as exc:
+            raise InvalidConfigError(f"Megatron refused the config: {type(exc).__name__}: {exc}") from exc
+        self.num_parameters = count_local_parameters(chunks)
+        config = chunks[0].config
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+            use_distributed_optimizer=p.use_distributed_optimizer,
+        )
+        self.model = [
+            # Megatron-LM buckets only the first chunk's grads (megatron/training/training.py).
+            DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk, disable_bucketing=i > 0)
+            for i, chunk in enumerate(chunks)
+        ]
+        for m in self.model:
+            m.broadcast_params()
+        opt_config = OptimizerConfig(
+            optimizer="adam", lr=spec.learning_rate, weight_decay=0.0, clip_grad=1.0,
+            bf16=self.dtype == torch.bfloat16, params_dtype=self.dtype,
+            use_distributed_optimizer=p.use_distributed_optimizer,
+        )
+        self.optimizer = get_megatron_optimizer(opt_config, self.model)
+        config.finalize_model_grads_func = finalize_model_grads
+        config.grad_scale_func = self.optimizer.scale_loss
+        config.no_sync_func = [m.no_sync for m in self.model] if len(self.model) > 1 else self.model[0].no_sync
+        self.config = config
+        self.pp_last = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+        self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.cp_group = parallel_state.get_context_parallel_group()
+        self.cp_size = parallel_state.get_context_parallel_world_size()
+
+    # --- data -------------------------------------------------------------------------------
+    def _microbatches(self) -> list[dict]:
+        """A fixed set of random-token microbatches, replayed every step so the loss can fall.
+
+        Seeded by DP rank only, so TP/PP/CP peers see the same tokens and a TP2 run sees the
+        same data as a TP1 run with the same DP size.
+        """
+        import torch
+        from megatron.core.utils import get_batch_on_this_cp_rank
+
+        w = self.spec.job.workload
+        mbs = self.parallel.micro_batch_size
+        gen = torch.Generator().manual_seed(self.spec.seed * 1000 + self.dp_rank)
+        batches = []
+        for _ in range(self.spec.job.num_microbatches):
+            seq = torch.randint(0, self.spec.model.vocab_size, (mbs, w.seq_length + 1), generator=gen)
+            batch = {
+                "tokens": seq[:, :-1].contiguous(),
+                "labels": seq[:, 1:].contiguous(),
+                "loss_mask": torch.ones(mbs, w.seq_length),
+                "position_ids": torch.arange(w.seq_length).unsqueeze(0).expand(mbs, -1).contiguous(),
+            }
+            batch = get_batch_on_this_cp_rank(batch)
+            if self.spec.backend == "gpu":
+                batch = {k: v.cuda(non_blocking=True) for k, v in batch.items()}
+            batches.append(batch)
+        return batches
+
+    def _forward_step(self, data_iterator, model):
+        import torch
+
+        batch = next(data_iterator)
+        output = model(batch["tokens"], batch["position_ids"], attention_mask=None, labels=batch["labels"])
+
+        def loss_func(output_tensor):
+            mask = batch["loss_mask"].view(-1).float()
+            loss_sum = torch.sum(output_tensor.view(-1).float() * mask)
+            if self.spec.fault == "nan" and self.step >= 1:
+                loss_sum = loss_sum * float("nan")  # test-only fault injection
+            num_tokens = mask.sum().to(torch.int)
+            # (sum, tokens, report): the schedule divides by the tokens summed over DP x CP.
+            return loss_sum, num_tokens, {"lm loss": torch.stack([loss_sum.detach(), num_tokens.float()])}
+
+        return output, loss_func
+
+    # --- steps ------------------------------------------------------------------------------
+    def train_step(self, batches: list[dict]) -> float:
+        import torch
+        import torch.distributed as dist
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        p, w = self.parallel, self.spec.job.workload
+        if self.spec.fault == "crash" and self.rank == self.spec.fault_rank and self.step == 1:
+            raise RuntimeError(f"injected crash on rank {self.rank} (test-only fault)")
+        if self.spec.fault == "hang" and self.rank == self.spec.fault_rank and self.step == 1:
+            while True:  # test-only fault: the launcher's time limit must end this
+                time.sleep(1)
+        for m in self.model:
+            m.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        vpp = p.virtual_pipeline_model_parallel_size
+        iterators = [iter(batches) for _ in self.model] if vpp else iter(batches)
+        reports = get_forward_backward_func()(
+            forward_step_func=self._forward_step,
+            data_iterator=iterators,
+            model=self.model if vpp else self.model[0],
+            num_microbatches=self.spec.job.num_microbatches,
+            seq_length=w.seq_length // p.cp,
+            micro_batch_size=p.micro_batch_size,
+            decoder_seq_length=w.seq_length // p.cp,
+            forward_only=False,
+        )
+        self.optimizer.step()
+        # Global mean loss over every token of the step: count each (DP, CP) shard once.
+        device = "cuda" if self.spec.backend == "gpu" else "cpu"
+        total = torch.zeros(2, dtype=torch.float64, device=device)
+        if self.pp_last and self.tp_rank == 0:
+            for r in reports:
+                total += r["lm loss"].to(device=device, dtype=torch.float64)
+        dist.all_reduce(total)
+        self.step += 1
+        loss = (total[0] / total[1]).item()
+        self.losses.append(loss)
+        if not torch.isfinite(torch.tensor(loss)):
+            raise NonFiniteLossError(f"loss became {loss} at step {self.step}")
+        return loss
+
+    def _first_step(self, batches: list[dict]) -> None:
+        """Megatron checks some knob combinations only on the first forward (e.g. MoE + TP
+        without SP in transformer_block.py); a ValueError raised there is a config refusal."""
+        import traceback as tb
+
+        try:
+            self.train_step(batches)
+        except ValueError as exc:
+            frames = tb.extract_tb(exc.__traceback__)
+            if frames and "/megatron/" in frames[-1].filename:
+                raise InvalidConfigError(f"Megatron refused the config: ValueError: {exc}") from exc
+            raise
+
+    def run(self, t_start: float) -> TrialResult:
+        import torch
+        import torch.distributed as dist
+
+        sync = torch.cuda.synchronize if self.spec.backend == "gpu" else (lambda: None)
+        self.init()
+        batches = self._microbatches()
+        dist.barrier()
+        t_warm0 = time.time()
+        self.init_s = t_warm0 - t_start
+        self._first_step(batches)
+        for _ in range(self.spec.warmup_iters - 1):
+            self.train_step(batches)
+        sync()
+        dist.barrier()
+        t_meas0 = time.time()
+        step_times = []
+        for _ in range(self.spec.measured_iters):
+            t0 = time.perf_counter()
+            self.train_step(batches)
+            sync()
+            step_times.append(time.perf_counter() - t0)
+        dist.barrier()
+        t_end = time.time()
+        return self.report("completed", step_times, warmup_s=t_meas0 - t_warm0, measured_s=t_end - t_meas0)
+
+    def report(self, status: str, step_times: list[float], warmup_s: float | None, measured_s: float | None,
+                error: str | None = None) -> TrialResult:
+        """This run's TrialResult. Collective: every rank must call it (it gathers per-rank numbers)."""
+        import statistics
+
+        import torch.distributed as dist
+
+        alloc, reserved = _peak_memory_gib(self.spec.backend)
+        rows: list = [None] * self.world
+        dist.all_gather_object(rows, (alloc, reserved, getattr(self, "num_parameters", 0)))
+        w = self.spec.job.workload
+        tokens_per_s = None
+        median = None
+        if step_times:
+            median = statistics.median(step_times)
+            tokens_per_s = w.global_batch_size * w.seq_length / median / self.world
+        return TrialResult(
+            status=status, config_key=self.parallel.canonical_key(), num_ranks=self.world,
+            backend=self.spec.backend, tokens_per_s_per_gpu=tokens_per_s, step_time_s=median,
+            step_time_min_s=min(step_times) if step_times else None,
+            step_time_max_s=max(step_times) if step_times else None,
+            peak_memory_gib=max(r[1] for r in rows),
+            peak_memory_allocated_gib_per_rank=[r[0] for r in rows],
+            peak_memory_reserved_gib_per_rank=[r[1] for r in rows],
+            num_parameters_per_rank=[r[2] for r in rows], losses=self.losses,
+            timings=PhaseTimings(init_s=self.init_s, warmup_s=warmup_s, measured_s=measured_s,
+                                 launch_s=_launch_s()),
+            versions=_versions(), layer_spec=self.layer_spec, dtype=str(self.dtype).removeprefix("torch."),
+            error=error,
+        )
+
+
+def _import_heavy() -> None:
+    import megatron.core.distributed  # noqa: F401
+    import megatron.core.models.gpt  # noqa: F401
+    import megatron.core.optimizer  # noqa: F401
+    import megatron.core.pipeline_parallel  # noqa: F401
+    import torch  # noqa: F401
+
+
+def _launch_s() -> float | None:
+    t0 = os.environ.get("TRIAL_RUNNER_LAUNCH_T0")
+    started = os.environ.get("TRIAL_RUNNER_WORKER_T0")
+    return float(started) - float(t0) if t0 and started else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_start = time.time()
+    os.environ["TRIAL_RUNNER_WORKER_T0"] = repr(t_start)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--spec", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    print(f"{WORKER_STARTED_MARKER} rank={rank} world={world} t={t_start:.3f}", flush=True)
+    spec = TrialSpec.from_json(args.spec.read_text())
+    trial = Trial(spec, args.out, rank, world)
+    try:
+        _import_heavy()  # before the memory cap: it limits training, not imports
+        if spec.backend == "cpu":
+            from trial_runner import cpu_compat
+
+            mode = cpu_compat.enable()
+            mode.__enter__()
+        _apply_memory_cap(spec)
+        result = trial.run(t_start)
+    except NonFiniteLossError as exc:
+        # Every rank sees the all-reduced loss, so all reach here together and rank 0 reports.
+        failed = trial.report("nan_loss", [], None, None, error=str(exc))
+        if rank == 0:
+            failed.write_atomic(args.out)
+        print(f"rank {rank}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except BaseException as exc:  # noqa: BLE001 - every failure must become a status, then re-exit
+        status = classify(exc)
+        print(f"rank {rank} failed ({status}):\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        _write_rank_failure(args.out, rank, spec, status, f"{type(exc).__name__}: {exc}")
+        return 1
+    if rank == 0:
+        result.write_atomic(args.out)
+    print(f"rank {rank}: done, losses {[round(x, 4) for x in trial.losses]}", flush=True)
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+    return 0
+
+
+def _write_rank_failure(out: Path, rank: int, spec: TrialSpec, status: str, error: str) -> None:
+    """Best effort: a failure report from this rank alone, time-stamped by its mtime."""
+    try:
+        TrialResult(
+            status=status, config_key=spec.job.parallel.canonical_key(), num_ranks=spec.num_ranks,
+            backend=spec.backend, error=error, failing_rank=rank,
+        ).write_atomic(rank_failure_path(out, rank))
+    except Exception:  # noqa: BLE001 - the launcher falls back to the logs
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
