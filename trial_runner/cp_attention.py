@@ -28,6 +28,31 @@ def cp_chunk_positions(seq_local: int, cp_size: int, cp_rank: int) -> torch.Tens
     return torch.cat([first, second])
 
 
+class _AllGather(torch.autograd.Function):
+    """All-gather along a new leading dim; backward sums every rank's gradient for our shard.
+
+    torch.distributed.nn.functional.all_gather cannot be used: on gloo its backward falls back to
+    scatter calls whose `src` is a group rank passed where a global rank is expected, which fails
+    for any CP group that does not contain global rank 0 (e.g. CP2 x EP4 on 4 ranks). gloo has no
+    reduce_scatter, so the backward all-reduces the gathered gradient and keeps our slice.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        ctx.rank = torch.distributed.get_rank(group)
+        world = torch.distributed.get_world_size(group)
+        parts = [torch.empty_like(x) for _ in range(world)]
+        torch.distributed.all_gather(parts, x.contiguous(), group=group)
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        torch.distributed.all_reduce(grad, group=ctx.group)
+        return grad[ctx.rank], None
+
+
 class AllGatherCPAttention(MegatronModule):
     """Drop-in for the local spec's core attention (same constructor and forward signature)."""
 
@@ -36,7 +61,8 @@ class AllGatherCPAttention(MegatronModule):
         super().__init__(config=config)
         tp = parallel_state.get_tensor_model_parallel_world_size()
         self.num_heads = config.num_attention_heads // tp
-        self.num_groups = config.num_query_groups // tp
+        # With TP above the KV-group count Megatron replicates the groups: one per rank (attention.py).
+        self.num_groups = max(1, config.num_query_groups // tp)
         self.softmax_scale = softmax_scale or 1.0 / math.sqrt(config.kv_channels)
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         self.cp_group = parallel_state.get_context_parallel_group()
@@ -45,9 +71,7 @@ class AllGatherCPAttention(MegatronModule):
 
     def _gather_seq(self, x: torch.Tensor) -> torch.Tensor:
         """[s_local, b, g, d] from every CP rank -> [s_global, b, g, d] in global token order."""
-        from torch.distributed.nn.functional import all_gather
-
-        parts = all_gather(x.contiguous(), group=self.cp_group)
+        parts = _AllGather.apply(x, self.cp_group)
         half = x.shape[0] // 2
         chunks: list[torch.Tensor | None] = [None] * (2 * self.cp_size)
         for rank, part in enumerate(parts):

@@ -28,6 +28,8 @@ MATRIX = {
     "tp2_ep2_etp2_sp_moe": ("tiny-moe", 4, dict(tensor_model_parallel_size=2, expert_model_parallel_size=2,
                                                  expert_tensor_parallel_size=2, sequence_parallel=True)),
     "dp2_recompute_full": ("tiny-dense", 2, dict(recompute_granularity="full", use_distributed_optimizer=False)),
+    # A CP group without global rank 0 (ranks {2, 3}): regression for the gloo all-gather backward.
+    "cp2_ep4_moe": ("tiny-moe", 4, dict(context_parallel_size=2, expert_model_parallel_size=4)),
 }
 DEFAULT = ["tp1", "tp2", "pp2_vpp2", "ep2_moe", "cp2"]
 SLOW = [name for name in MATRIX if name not in DEFAULT]
