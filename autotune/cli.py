@@ -241,6 +241,63 @@ def estimate(
     con.print(render.memory_table(est))
 
 
+class Backend(str, Enum):
+    auto = "auto"
+    gpu = "gpu"
+    cpu = "cpu"
+    analytic = "analytic"
+
+
+@app.command()
+def search(
+    model: str = MODEL_OPT, gpus: str = GPUS_OPT, gpu_type: str = GPU_TYPE_OPT,
+    gpus_per_node: Optional[int] = GPN_OPT, seq_len: int = SEQ_OPT, global_batch_size: int = GBS_OPT,
+    precision: Precision = PREC_OPT,
+    space_file: Optional[str] = typer.Option(None, "--space", help="search-space YAML (default: search_spaces/)"),
+    trials: int = typer.Option(20, "--trials", help="real trials to run in this session"),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="no new trial after this, e.g. 30m, 2h"),
+    trial_timeout: float = typer.Option(900.0, "--trial-timeout", help="seconds one trial may run"),
+    backend: Backend = typer.Option(Backend.auto, "--backend",
+                                    help="auto (GPUs if there are enough, else analytic), gpu, cpu or analytic"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster (auto or HOST:PORT); default: local Ray"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default: a journal file)"),
+    study_name: Optional[str] = typer.Option(None, "--study-name", help="default: model, cluster and a hash"),
+    out: str = typer.Option("results", "--out", help="output root; the study writes to OUT/<study>/"),
+    resume: bool = typer.Option(False, "--resume", help="continue a study that already has trials"),
+    allow_cross_node_tp: bool = XTP_OPT, as_json: bool = JSON_OPT,
+) -> None:
+    """Rank every feasible config analytically, then measure the most promising ones with real trials."""
+    from pathlib import Path
+
+    from autotune.search import SearchRequest, parse_duration
+    from autotune.search_display import run_search
+
+    spec, cluster, workload = _setup(model, gpus, gpu_type, gpus_per_node, seq_len, global_batch_size, precision)
+    req = SearchRequest(
+        model=spec, cluster=cluster, workload=workload,
+        space=load_space_file(space_file) if space_file else default_space(spec), backend=backend.value,
+        num_trials=trials, time_budget_s=parse_duration(time_budget) if time_budget else None,
+        trial_time_limit_s=trial_timeout, address=address, storage=storage, study_name=study_name,
+        out_root=Path(out), resume=resume, allow_cross_node_tp=allow_cross_node_tp)
+    summary = run_search(req, render.console(), as_json=as_json)
+    if as_json:
+        _print_json(summary)
+
+
+@app.command()
+def export(
+    study: str = typer.Option(..., "--study", help="a study folder (results/<study>/) or its best.yaml"),
+    fmt: str = typer.Option("yaml", "--format", help="yaml, megatron-args or bridge"),
+) -> None:
+    """Print a search's best config as best.yaml, Megatron-LM flags, or Megatron Bridge overrides."""
+    from pathlib import Path
+
+    from autotune.export import load_best, render_export
+
+    data, job = load_best(Path(study))
+    sys.stdout.write(render_export(data, job, fmt).rstrip("\n") + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user mistakes become one line on stderr and exit code 2."""
     try:

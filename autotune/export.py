@@ -1,0 +1,178 @@
+"""The winner of a search as files a user can launch from: best.yaml, Megatron-LM flags, Megatron Bridge overrides.
+
+best.yaml keeps the seed guides' `parallelism:` / `training:` shape (JobConfig.to_yaml_dict) and adds
+where the numbers came from: `measured` (a real trial) or only `predicted` (the cost and memory
+models), named by `source`. Flags are derived from the config every time, never stored alone, so a
+re-export after a flag-name fix needs no new search.
+
+Megatron-LM flag names follow megatron/training/arguments.py (Megatron-LM core_r0.16): VPP is
+`--num-virtual-stages-per-pipeline-rank` (the older `--virtual-pipeline-model-parallel-size` is gone),
+uneven stages are `--decoder-first-pipeline-num-layers` / `--decoder-last-pipeline-num-layers`.
+Bridge overrides are Hydra-style `section.field=value` keys of megatron.bridge ConfigContainer
+(`model.*` is the GPTProvider/TransformerConfig, `train.*`, `ddp.*`, `optimizer.*`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from autotune.cluster import ClusterSpec
+from autotune.config import JobConfig
+from autotune.errors import ConfigError, SpecFileError
+
+BEST_FILE = "best.yaml"
+Source = Literal["measured", "predicted"]
+FORMATS = ("yaml", "megatron-args", "bridge")
+_TOP_KEYS = ("model", "cluster", "source", "parallelism", "training", "measured", "predicted", "study",
+             "megatron_args", "bridge_overrides")
+
+
+def megatron_args(job: JobConfig) -> list[str]:
+    """Megatron-LM command-line flags (pretrain_gpt.py) for this config, as an argv list."""
+    p, w = job.parallel, job.workload
+    args = [
+        "--tensor-model-parallel-size", str(p.tp), "--pipeline-model-parallel-size", str(p.pp),
+        "--context-parallel-size", str(p.cp), "--expert-model-parallel-size", str(p.ep),
+        "--expert-tensor-parallel-size", str(p.etp),
+    ]
+    if p.virtual_pipeline_model_parallel_size and p.vpp > 1:
+        args += ["--num-virtual-stages-per-pipeline-rank", str(p.vpp)]
+    if p.sequence_parallel:
+        args.append("--sequence-parallel")
+    if p.use_distributed_optimizer:
+        args.append("--use-distributed-optimizer")
+    if p.recompute_granularity == "selective":
+        args += ["--recompute-granularity", "selective"]
+    elif p.recompute_granularity == "full":
+        # uniform over every layer, one layer per checkpoint: what the memory model charges.
+        args += ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]
+    if p.account_for_embedding_in_pipeline_split:
+        args.append("--account-for-embedding-in-pipeline-split")
+    if p.account_for_loss_in_pipeline_split:
+        args.append("--account-for-loss-in-pipeline-split")
+    if p.num_layers_in_first_pipeline_stage is not None:
+        args += ["--decoder-first-pipeline-num-layers", str(p.num_layers_in_first_pipeline_stage)]
+    if p.num_layers_in_last_pipeline_stage is not None:
+        args += ["--decoder-last-pipeline-num-layers", str(p.num_layers_in_last_pipeline_stage)]
+    if p.pipeline_model_parallel_layout is not None:
+        args += ["--pipeline-model-parallel-layout", p.pipeline_model_parallel_layout]
+    args += ["--micro-batch-size", str(p.micro_batch_size), "--global-batch-size", str(w.global_batch_size),
+             "--seq-length", str(w.seq_length), "--bf16"]
+    if w.precision == "fp8":
+        args += ["--fp8-format", "hybrid"]
+    return args
+
+
+def bridge_overrides(job: JobConfig) -> list[str]:
+    """Megatron Bridge recipe overrides (`key=value`) for this config."""
+    p, w = job.parallel, job.workload
+    out = {
+        "model.tensor_model_parallel_size": p.tp, "model.pipeline_model_parallel_size": p.pp,
+        "model.virtual_pipeline_model_parallel_size": p.virtual_pipeline_model_parallel_size,
+        "model.context_parallel_size": p.cp, "model.expert_model_parallel_size": p.ep,
+        "model.expert_tensor_parallel_size": p.etp, "model.sequence_parallel": p.sequence_parallel,
+        "model.recompute_granularity": p.recompute_granularity,
+    }
+    if p.recompute_granularity == "full":
+        out.update({"model.recompute_method": "uniform", "model.recompute_num_layers": 1})
+    if p.account_for_embedding_in_pipeline_split:
+        out["model.account_for_embedding_in_pipeline_split"] = True
+    if p.account_for_loss_in_pipeline_split:
+        out["model.account_for_loss_in_pipeline_split"] = True
+    if p.num_layers_in_first_pipeline_stage is not None:
+        out["model.num_layers_in_first_pipeline_stage"] = p.num_layers_in_first_pipeline_stage
+    if p.num_layers_in_last_pipeline_stage is not None:
+        out["model.num_layers_in_last_pipeline_stage"] = p.num_layers_in_last_pipeline_stage
+    if p.pipeline_model_parallel_layout is not None:
+        out["model.pipeline_model_parallel_layout"] = repr(p.pipeline_model_parallel_layout)
+    out.update({
+        "model.seq_length": w.seq_length, "train.micro_batch_size": p.micro_batch_size,
+        "train.global_batch_size": w.global_batch_size,
+        "ddp.use_distributed_optimizer": p.use_distributed_optimizer,
+        "optimizer.use_distributed_optimizer": p.use_distributed_optimizer,
+        "mixed_precision": "bf16_with_fp8_delayed_scaling_mixed" if w.precision == "fp8" else "bf16_mixed",
+    })
+    return [f"{k}={_hydra(v)}" for k, v in out.items()]
+
+
+def _hydra(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def best_document(*, model_name: str, cluster: ClusterSpec, job: JobConfig, source: Source,
+                  predicted: dict[str, Any] | None, measured: dict[str, Any] | None,
+                  study: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The content of best.yaml."""
+    if source == "measured" and not measured:
+        raise ConfigError("a best config with source 'measured' needs its measurement")
+    return {
+        "model": model_name,
+        "cluster": {"num_gpus": cluster.num_gpus, "gpu_type": cluster.gpu.name, "gpus_per_node": cluster.gpus_per_node},
+        "source": source,
+        **job.to_yaml_dict(),
+        "measured": measured,
+        "predicted": predicted,
+        "study": study,
+        "megatron_args": megatron_args(job),
+        "bridge_overrides": bridge_overrides(job),
+    }
+
+
+def write_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write via a temp file in the same folder and os.replace, so a reader never sees half a file."""
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=120)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; best.yaml is meant to be shared
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_best(path: Path) -> tuple[dict[str, Any], JobConfig]:
+    """Read a best.yaml and rebuild its JobConfig; a missing or malformed file is a SpecFileError."""
+    if path.is_dir():
+        path = path / BEST_FILE
+    if not path.is_file():
+        raise SpecFileError(f"no {BEST_FILE} at {path}; run `autotune search` first or pass the study folder")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raise SpecFileError(f"{path}: not valid YAML; re-run `autotune search` to rewrite it") from None
+    if not isinstance(data, dict):
+        raise SpecFileError(f"{path}: expected a mapping with {', '.join(_TOP_KEYS)}")
+    unknown = set(data) - set(_TOP_KEYS)
+    if unknown:
+        raise SpecFileError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
+    cluster = data.get("cluster")
+    if not isinstance(cluster, dict) or not isinstance(cluster.get("num_gpus"), int):
+        raise SpecFileError(f"{path}: 'cluster.num_gpus' is missing")
+    job = JobConfig.from_yaml_dict(data, num_gpus=cluster["num_gpus"])
+    return data, job
+
+
+def render_export(data: dict[str, Any], job: JobConfig, fmt: str) -> str:
+    """best.yaml content (flags re-derived from the config) in one of FORMATS."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    if fmt == "megatron-args":
+        return " ".join(megatron_args(job))
+    if fmt == "bridge":
+        return " ".join(bridge_overrides(job))
+    fresh = {**data, **job.to_yaml_dict(), "megatron_args": megatron_args(job), "bridge_overrides": bridge_overrides(job)}
+    return yaml.safe_dump({k: fresh.get(k) for k in _TOP_KEYS}, sort_keys=False, width=120)

@@ -1,0 +1,141 @@
+"""best.yaml, Megatron-LM flags and Megatron Bridge overrides (autotune/export.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from autotune import export
+from autotune.cluster import ClusterSpec
+from autotune.config import JobConfig, ParallelConfig, Workload
+from autotune.errors import ConfigError, SpecFileError
+
+
+def _job(precision="bf16", **knobs) -> JobConfig:
+    return JobConfig(num_gpus=256, parallel=ParallelConfig(**knobs),
+                     workload=Workload(seq_length=4096, global_batch_size=2048, precision=precision))
+
+
+FULL = dict(tensor_model_parallel_size=2, pipeline_model_parallel_size=4, virtual_pipeline_model_parallel_size=3,
+            context_parallel_size=2, expert_model_parallel_size=8, expert_tensor_parallel_size=1,
+            micro_batch_size=1, sequence_parallel=True, use_distributed_optimizer=True, recompute_granularity="full",
+            num_layers_in_first_pipeline_stage=5, num_layers_in_last_pipeline_stage=6)
+
+
+def _flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_megatron_args_carry_every_knob():
+    args = export.megatron_args(_job("fp8", **FULL))
+    assert _flag(args, "--tensor-model-parallel-size") == "2"
+    assert _flag(args, "--pipeline-model-parallel-size") == "4"
+    assert _flag(args, "--num-virtual-stages-per-pipeline-rank") == "3"
+    assert _flag(args, "--context-parallel-size") == "2"
+    assert _flag(args, "--expert-model-parallel-size") == "8"
+    assert _flag(args, "--expert-tensor-parallel-size") == "1"
+    assert _flag(args, "--recompute-granularity") == "full"
+    assert _flag(args, "--recompute-method") == "uniform" and _flag(args, "--recompute-num-layers") == "1"
+    assert _flag(args, "--decoder-first-pipeline-num-layers") == "5"
+    assert _flag(args, "--decoder-last-pipeline-num-layers") == "6"
+    assert _flag(args, "--micro-batch-size") == "1" and _flag(args, "--global-batch-size") == "2048"
+    assert _flag(args, "--seq-length") == "4096" and _flag(args, "--fp8-format") == "hybrid"
+    for switch in ("--sequence-parallel", "--use-distributed-optimizer", "--bf16"):
+        assert switch in args
+
+
+def test_megatron_args_leave_out_what_is_off():
+    args = export.megatron_args(_job(use_distributed_optimizer=False))
+    for absent in ("--sequence-parallel", "--use-distributed-optimizer", "--recompute-granularity",
+                   "--num-virtual-stages-per-pipeline-rank", "--fp8-format", "--account-for-embedding-in-pipeline-split",
+                   "--decoder-first-pipeline-num-layers"):
+        assert absent not in args
+
+
+def test_megatron_args_selective_recompute_and_account_split():
+    args = export.megatron_args(_job(pipeline_model_parallel_size=2, recompute_granularity="selective",
+                                     account_for_embedding_in_pipeline_split=True,
+                                     account_for_loss_in_pipeline_split=True))
+    assert _flag(args, "--recompute-granularity") == "selective" and "--recompute-method" not in args
+    assert "--account-for-embedding-in-pipeline-split" in args and "--account-for-loss-in-pipeline-split" in args
+
+
+def test_bridge_overrides():
+    over = dict(o.split("=", 1) for o in export.bridge_overrides(_job(**FULL)))
+    assert over["model.tensor_model_parallel_size"] == "2"
+    assert over["model.virtual_pipeline_model_parallel_size"] == "3"
+    assert over["model.sequence_parallel"] == "true"
+    assert over["model.recompute_granularity"] == "full" and over["model.recompute_method"] == "uniform"
+    assert over["model.num_layers_in_first_pipeline_stage"] == "5"
+    assert over["train.micro_batch_size"] == "1" and over["train.global_batch_size"] == "2048"
+    assert over["ddp.use_distributed_optimizer"] == "true"
+    assert dict(o.split("=", 1) for o in export.bridge_overrides(_job()))["model.recompute_granularity"] == "null"
+
+
+def _doc(job: JobConfig, source="predicted", measured=None) -> dict:
+    return export.best_document(model_name="qwen3-235b", cluster=ClusterSpec.build(256), job=job, source=source,
+                                predicted={"tokens_per_s_per_gpu": 1234.5, "peak_memory_gib": 60.0},
+                                measured=measured)
+
+
+def test_best_yaml_round_trips(tmp_path):
+    job = _job(**FULL)
+    path = tmp_path / "best.yaml"
+    export.write_yaml_atomic(path, _doc(job))
+    data, back = export.load_best(tmp_path)  # a study folder works as well as the file
+    assert back == job
+    assert data["source"] == "predicted" and data["measured"] is None
+    assert data["cluster"] == {"num_gpus": 256, "gpu_type": "h100-80gb", "gpus_per_node": 8}
+    assert data["parallelism"] == job.to_yaml_dict()["parallelism"]
+    assert data["megatron_args"] == export.megatron_args(job)
+    assert yaml.safe_load(export.render_export(data, back, "yaml")) == data
+
+
+def test_measured_source_needs_a_measurement():
+    with pytest.raises(ConfigError, match="needs its measurement"):
+        _doc(_job(), source="measured")
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "best.yaml"
+    export.write_yaml_atomic(path, _doc(_job()))
+    before = path.read_text()
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        export.write_yaml_atomic(path, _doc(_job(**FULL)))
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["best.yaml"]  # no temp file left behind
+
+
+def test_render_formats(tmp_path):
+    export.write_yaml_atomic(tmp_path / "best.yaml", _doc(_job(**FULL)))
+    data, job = export.load_best(tmp_path / "best.yaml")
+    assert export.render_export(data, job, "megatron-args").startswith("--tensor-model-parallel-size 2 ")
+    assert "train.global_batch_size=2048" in export.render_export(data, job, "bridge").split()
+    with pytest.raises(ConfigError, match="--format must be one of yaml, megatron-args, bridge, got 'toml'"):
+        export.render_export(data, job, "toml")
+
+
+def test_load_best_errors(tmp_path):
+    with pytest.raises(SpecFileError, match="no best.yaml"):
+        export.load_best(tmp_path)
+    (tmp_path / "best.yaml").write_text("a: [")
+    with pytest.raises(SpecFileError, match="not valid YAML"):
+        export.load_best(tmp_path)
+    (tmp_path / "best.yaml").write_text("- 1\n")
+    with pytest.raises(SpecFileError, match="expected a mapping"):
+        export.load_best(tmp_path)
+    (tmp_path / "best.yaml").write_text(yaml.safe_dump({**_doc(_job()), "extra": 1}))
+    with pytest.raises(SpecFileError, match="unknown keys extra"):
+        export.load_best(tmp_path)
+    doc = _doc(_job())
+    del doc["cluster"]
+    (tmp_path / "best.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(SpecFileError, match="cluster.num_gpus"):
+        export.load_best(tmp_path)
