@@ -17,6 +17,7 @@ from autotune import constraints as C
 from autotune.cluster import ClusterSpec
 from autotune.config import JobConfig, ParallelConfig, Workload
 from autotune.errors import ConfigError, SpecFileError
+from autotune.memory import MemoryOptions
 from autotune.model_spec import ModelSpec
 from autotune.pipeline import balanced_uneven_split
 
@@ -232,8 +233,12 @@ class SpaceResult:
 
 
 def enumerate_space(space: SearchSpace, model: ModelSpec, cluster: ClusterSpec, workload: Workload,
-                    allow_cross_node_tp: bool = False) -> SpaceResult:
-    """Every combination of the space's values, judged by every rule."""
+                    allow_cross_node_tp: bool = False, *, memory_headroom: float = C.DEFAULT_MEMORY_HEADROOM,
+                    memory_options: MemoryOptions | None = None) -> SpaceResult:
+    """Every combination of the space's values, judged by every rule.
+
+    `memory_headroom` and `memory_options` (gradient dtype, recompute modules) go to the memory rule.
+    """
     raw = {key: [_DEFAULTS[key]] for key in ALL_KNOBS}
     for key, knob in space.knobs.items():
         raw[key] = resolve_values(key, knob, model, cluster)
@@ -259,7 +264,8 @@ def enumerate_space(space: SearchSpace, model: ModelSpec, cluster: ClusterSpec, 
         account = (split == C.SPLIT_ACCOUNT).astype(np.int32)
         return {"first": first, "last": last, "emb_slot": account, "loss_slot": account}
 
-    ctx = C.context_for(model, cluster, workload, allow_cross_node_tp=allow_cross_node_tp)
+    ctx = C.context_for(model, cluster, workload, allow_cross_node_tp=allow_cross_node_tp,
+                        memory_headroom=memory_headroom, memory_options=memory_options)
     judged = C.evaluate_product(values, ctx, derive_split)
     return SpaceResult(model=model, cluster=cluster, workload=workload, num_candidates=judged.num_candidates,
                        pruned_by_rule=judged.pruned_by_rule, knobs=C.Knobs(**judged.columns))

@@ -25,3 +25,31 @@ def test_ranking_puts_fitting_fastest_first():
     one = ranked.predicted(best)
     assert set(PREDICTED_FIELDS) <= set(one)
     assert one["tokens_per_s_per_gpu"] == round(predict(model, cluster, res.job(best)).tokens_per_s_per_gpu, 1)
+
+
+def test_space_judged_under_a_runs_memory_settings():
+    """enumerate_space passes memory_headroom / memory_options to the memory rule (as the throughput
+    benchmark does to judge a published run under its own settings). Published config: NeMo 26.04
+    Llama3 70B, 64x H100 FP8, TP4 PP8 VPP5 MBS1, gbs 256, seq 8192 (shared/refdata/nemo_perf_h100.csv);
+    Megatron-Bridge reduces gradients in bf16 and the config ran on 80 GB."""
+    from autotune import constraints as C
+    from autotune.config import ParallelConfig
+    from autotune.memory import MemoryOptions
+
+    model, cluster = get_model("llama3-70b"), ClusterSpec.build(64, "h100")
+    workload = Workload(seq_length=8192, global_batch_size=256, precision="fp8")
+    space = default_space(model)
+    strict = enumerate_space(space, model, cluster, workload)
+    as_run = enumerate_space(space, model, cluster, workload, memory_headroom=0.0,
+                             memory_options=MemoryOptions(grad_reduce_in_fp32=False))
+    assert as_run.num_candidates == strict.num_candidates
+    assert as_run.pruned_by_rule.get("memory", 0) < strict.pruned_by_rule.get("memory", 0)
+    assert as_run.num_feasible > strict.num_feasible
+    published = C.Knobs.of(ParallelConfig(
+        tensor_model_parallel_size=4, pipeline_model_parallel_size=8, virtual_pipeline_model_parallel_size=5,
+        micro_batch_size=1, sequence_parallel=True, use_distributed_optimizer=True))
+    k = as_run.knobs
+    same = np.ones(as_run.num_feasible, dtype=bool)
+    for name in ("tp", "pp", "vpp", "cp", "mbs", "sp", "dist_opt", "recompute", "split"):
+        same &= getattr(k, name) == getattr(published, name)
+    assert same.any(), "the published config that ran on 80 GB is pruned under its own settings"
