@@ -301,7 +301,12 @@ def export(
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user mistakes become one line on stderr and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False, prog_name="autotune")
+        # With standalone_mode=False typer *returns* an exit code for Ctrl-C (130) instead of raising.
+        rc = app(args=argv, standalone_mode=False, prog_name="autotune")
+        if isinstance(rc, int) and rc != 0:
+            if rc == 130:
+                print("aborted", file=sys.stderr)
+            return rc
     except AutotuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -170,13 +170,14 @@ def _observation(rec: TrialRecord) -> Observation:
 def make_sampler(phase: AnalyticPhase, past: list[TrialRecord], seed: int = 0) -> PriorSampler:
     k = phase.result.knobs
     mesh = np.stack([k.tp, k.pp, k.cp, k.ep, k.etp], axis=1)
+    others = np.stack([k.vpp, k.mbs, k.sp, k.dist_opt, k.recompute, k.split], axis=1)
     sampler = PriorSampler(predicted_tokens=phase.ranked.tokens_per_s_per_gpu,
-                           predicted_peak_gib=phase.ranked.peak_memory_gib, mesh=mesh,
+                           predicted_peak_gib=phase.ranked.peak_memory_gib, mesh=mesh, knobs=others,
                            capacity_gib=phase.request.cluster.gpu.usable_memory_gib,
                            key_of=lambda i: phase.result.parallel_config(i).canonical_key(),
                            # CPU peak RSS says nothing about GPU memory: only GPU runs correct the memory model.
                            use_memory_measurements=phase.backend == "gpu", seed=seed)
-    for rec in past:
+    for rec in past:  # an earlier session's trial: its candidate index is not kept, so it teaches by its mesh
         sampler.mark_tried(rec.config_key)
         sampler.observe(_observation(rec))
     return sampler
@@ -191,8 +192,13 @@ def _measured(result: Any, number: int) -> dict[str, Any] | None:
 
 
 def run_trials(phase: AnalyticPhase, on_event: Callable[[Progress], None] = lambda p: None,
-               scheduler: Any = None) -> list[TrialRecord]:
-    """Real trials until --trials or --time-budget is spent. Returns every record of the study."""
+               scheduler: Any = None, adjust_spec: Callable[[int, Any], Any] | None = None) -> list[TrialRecord]:
+    """Real trials until --trials or --time-budget is spent. Returns every record of the study.
+
+    `adjust_spec` is TEST ONLY: (trial number, TrialSpec) -> TrialSpec, applied just before a trial is
+    scheduled, so tests can inject the trial runner's faults (crash, hang, memory cap) into a real search.
+    The CLI never passes it.
+    """
     import optuna
     from trial_runner.spec import TrialSpec
 
@@ -210,6 +216,7 @@ def run_trials(phase: AnalyticPhase, on_event: Callable[[Progress], None] = lamb
     jsonl = phase.folder / TRIALS_FILE
     running: list = []  # (TrialRecord, scheduler handle)
     asked: dict[int, Any] = {}  # optuna Trial objects of this session, by number
+    candidate: dict[int, int] = {}  # candidate index of this session's trials, by number
 
     def finish(trial_number: int, rec: TrialRecord, state) -> None:
         for key, val in ((ATTR_STATUS, rec.status), (ATTR_MEASURED, rec.measured), (ATTR_REASON, rec.reason)):
@@ -220,7 +227,7 @@ def run_trials(phase: AnalyticPhase, on_event: Callable[[Progress], None] = lamb
             study.tell(trial_number, state=state)
         append_jsonl(jsonl, rec.to_dict())
         before = sampler.memory_ratio()
-        sampler.observe(_observation(rec))
+        sampler.observe(_observation(rec), index=candidate.get(trial_number))
         if sampler.memory_ratio() > before:
             prog.events.append(f"memory model corrected x{sampler.memory_ratio():.2f} from trial {trial_number}: "
                                f"{int((~sampler.allowed() & ~sampler.excluded).sum()):,} configs no longer fit")
@@ -250,6 +257,7 @@ def run_trials(phase: AnalyticPhase, on_event: Callable[[Progress], None] = lamb
                              "tokens_per_s_per_gpu": float(phase.ranked.tokens_per_s_per_gpu[i])}
                 trial = study.ask()
                 asked[trial.number] = trial
+                candidate[trial.number] = i
                 for key, val in ((ATTR_KEY, job.parallel.canonical_key()), (ATTR_CONFIG, job.to_megatron_dict()),
                                  (ATTR_PREDICTED, predicted)):
                     trial.set_user_attr(key, val)
@@ -266,6 +274,8 @@ def run_trials(phase: AnalyticPhase, on_event: Callable[[Progress], None] = lamb
                 spec = TrialSpec(model=phase.request.model, job=job, backend=phase.backend,
                                  time_limit_s=req.trial_time_limit_s, warmup_iters=req.warmup_iters,
                                  measured_iters=req.measured_iters)
+                if adjust_spec is not None:  # test-only fault injection
+                    spec = adjust_spec(trial.number, spec)
                 label = job.parallel.short_name()
                 running.append((rec, sched.submit(trial.number, spec, label, req.cluster.gpus_per_node,
                                                   phase.folder / "trials" / f"{trial.number:04d}")))

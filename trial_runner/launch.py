@@ -112,7 +112,7 @@ def run_trial(spec: TrialSpec, nproc: int, out_path: str | os.PathLike, *, nnode
     with open(torchrun_log, "w") as log:
         try:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=_REPO_ROOT,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=procs.die_with_parent)
         except OSError as exc:
             result = TrialResult(status="launch_failed", error=f"could not start torchrun: {exc}", **base)
             result.write_atomic(out_path)

@@ -77,3 +77,20 @@ def kill_tree(root: int, grace_s: float = 5.0) -> list[int]:
     while time.monotonic() < deadline and any(is_alive(pid) for pid in known):
         time.sleep(0.05)
     return sorted(known)
+
+
+def die_with_parent(sig: int = 9) -> None:
+    """Ask Linux to send `sig` to this process when its parent exits (prctl PR_SET_PDEATHSIG).
+
+    torchrun runs in its own session so the launcher can kill the whole group; but if the launcher
+    itself is killed (SIGKILL of the search driver tears down its Ray worker), nothing would be left
+    to enforce the time limit. With this, torchrun dies with the launcher and each rank with torchrun.
+    A no-op where prctl is unavailable.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, sig, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -16,6 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
+from trial_runner.procs import die_with_parent
 from trial_runner.spec import PhaseTimings, TrialResult, TrialSpec, Versions
 
 WORKER_STARTED_MARKER = "trial_runner.worker started"
@@ -349,6 +350,7 @@ def _launch_s() -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()  # a rank never outlives its torchrun
     t_start = time.time()
     os.environ["TRIAL_RUNNER_WORKER_T0"] = repr(t_start)
     parser = argparse.ArgumentParser(description=__doc__)

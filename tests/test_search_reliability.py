@@ -1,0 +1,243 @@
+"""`autotune search` when things go wrong, with real processes: failing trials, a killed or interrupted
+driver, and bad input. tiny-moe on 2 CPU ranks keeps each real trial to seconds.
+
+Process leaks are found by a tag: each driver gets a unique AUTOTUNE_TEST_TAG in its environment, which
+every process it starts inherits (Ray's GCS and raylet, Ray workers, torchrun, the ranks). Matching on
+/proc/<pid>/environ never counts another session's Ray or trials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import pytest
+
+from autotune import search as S
+from autotune.cluster import ClusterSpec
+from autotune.config import Workload
+from autotune.model_catalog import get_model
+from autotune.space_files import default_space
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["search", "--model", "tiny-moe", "--gpus", "2", "--backend", "cpu", "--seq-len", "64",
+        "--global-batch-size", "8", "--trial-timeout", "120"]
+
+
+def tagged_processes(tag: str) -> list[str]:
+    """Live processes whose environment carries AUTOTUNE_TEST_TAG=tag, as 'pid: cmdline'."""
+    needle = f"AUTOTUNE_TEST_TAG={tag}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            found.append(f"{entry.name}: {cmd[:160]}")
+    return found
+
+
+def wait_until_gone(tag: str, timeout_s: float) -> list[str]:
+    deadline = time.time() + timeout_s
+    while (left := tagged_processes(tag)) and time.time() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def kill_tagged(tag: str) -> None:
+    for line in tagged_processes(tag):
+        try:
+            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def start_search(args: list[str], tag: str) -> subprocess.Popen:
+    env = dict(os.environ, AUTOTUNE_TEST_TAG=tag, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "autotune.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def jsonl(folder: Path) -> list[dict]:
+    path = folder / "trials.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout_s
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the search exited ({proc.returncode}) before {what}: {proc.stderr.read()[-2000:]}")
+        if time.time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def study_folder(out: Path) -> Path | None:
+    found = [p for p in out.iterdir() if p.is_dir()] if out.exists() else []
+    return found[0] if found else None
+
+
+# --- (a) failing trials are classified and the study goes on ------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_crash_hang_and_oom_are_classified_and_the_study_goes_on(tmp_path):
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    model = get_model("tiny-moe")
+    req = S.SearchRequest(model=model, cluster=ClusterSpec.build(2), workload=Workload(seq_length=64,
+                          global_batch_size=8), space=default_space(model), backend="cpu", num_trials=4,
+                          trial_time_limit_s=120, out_root=tmp_path)
+    phase = S.analytic_phase(req)
+    phase.backend = "cpu"
+    faults = {  # trial number -> TrialSpec fields (test-only fault injection of trial_runner.spec)
+        0: dict(fault="crash", fault_rank=1),
+        1: dict(fault="hang", fault_rank=0, time_limit_s=15.0),
+        # A 16M-token vocabulary (a 4 GB fp32 embedding table) cannot be allocated under a 3 GiB cap. A cap
+        # near the ~1-2 GiB a 2-rank run maps anyway fails earlier, in thread creation (EAGAIN), which the
+        # worker reports as crashed or invalid_config, not oom (see the report).
+        2: dict(memory_cap_gib=3.0),
+    }
+
+    def inject(number, spec):
+        update = dict(faults.get(number, {}))
+        if number == 2:
+            model = type(spec.model).model_validate({**spec.model.to_dict(), "vocab_size": 16_000_000})
+            update["model"] = model
+        return spec.model_copy(update=update)
+
+    recs = S.run_trials(phase, adjust_spec=inject)
+
+    by_number = {r.number: r for r in recs}
+    assert [by_number[n].status for n in range(4)] == ["crashed", "timeout", "oom", "completed"], \
+        [(r.number, r.status, r.reason) for r in recs]
+    assert "injected crash on rank 1" in by_number[0].reason
+    assert "time_limit_s=15.0" in by_number[1].reason
+    assert by_number[3].measured["tokens_per_s_per_gpu"] > 0
+    assert len({r.config_key for r in recs}) == 4  # a failed config is not measured again
+    states = [t.state.name for t in phase.study.get_trials()]
+    assert states == ["FAIL", "FAIL", "FAIL", "COMPLETE"]
+    lines = jsonl(phase.folder)
+    assert [line["status"] for line in lines] == ["crashed", "timeout", "oom", "completed"]
+
+
+# --- (b) SIGKILL of the driver, then --resume; (c) no process left after a normal exit ------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_killed_driver_resumes_without_rerunning_completed_trials(tmp_path):
+    out, tag = tmp_path / "out", uuid.uuid4().hex
+    proc = start_search(TINY + ["--trials", "3", "--out", str(out), "--json"], tag)
+    try:
+        wait_for(lambda: (f := study_folder(out)) is not None
+                 and any(r["status"] == "completed" for r in jsonl(f))
+                 and (f / "trials" / f"{len(jsonl(f)):04d}").exists(),
+                 240, "a completed trial and the next one started", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    folder = study_folder(out)
+    before = jsonl(folder)
+    completed = {r["config_key"]: r for r in before if r["status"] == "completed"}
+    assert completed, before
+    # The killed driver's Ray and trial processes: Ray's fate-sharing ends its own processes; what is still
+    # running after a grace period is ended here so the resumed search starts clean (see the report).
+    orphans = wait_until_gone(tag, 30)
+    if orphans:
+        warnings.warn(f"{len(orphans)} processes of the SIGKILLed search outlived it by 30 s: {orphans}")
+    kill_tagged(tag)
+
+    tag2 = uuid.uuid4().hex
+    resumed = start_search(TINY + ["--trials", "1", "--out", str(out), "--json", "--resume"], tag2)
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout)
+    trials = summary["trials"]
+    for key, rec in completed.items():  # every completed trial kept, with its measurement
+        kept = [t for t in trials if t["config_key"] == key]
+        assert len(kept) == 1 and kept[0]["status"] == "completed" and kept[0]["measured"] == rec["measured"]
+    interrupted = [t for t in trials if t["status"] == "interrupted"]
+    assert len(interrupted) == 1  # the trial in flight when the driver died
+    new = [t for t in trials if t["number"] > max(r["number"] for r in before) and t["status"] != "interrupted"]
+    assert len(new) == 1 and new[0]["config_key"] not in completed
+    assert len({t["config_key"] for t in trials}) == len(trials)  # no config ran twice
+    assert summary["best"]["source"] == "measured"
+    # (c) a normal exit leaves no Ray, torchrun or rank process of ours behind.
+    assert wait_until_gone(tag2, 20) == []
+
+
+# --- (c) Ctrl-C mid-trial ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ctrl_c_stops_the_trial_and_leaves_no_process(tmp_path):
+    out, tag = tmp_path / "out", uuid.uuid4().hex
+    proc = start_search(TINY + ["--trials", "2", "--out", str(out)], tag)
+    try:
+        def rank_running() -> bool:
+            f = study_folder(out)
+            log = f / "trials" / "0000" / "result.json.logs" / "torchrun.log" if f else None
+            return log is not None and log.exists() and "trial_runner.worker started" in log.read_text(errors="replace")
+
+        wait_for(rank_running, 180, "the first trial's ranks to start", proc)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            kill_tagged(tag)
+    # The exit code is not checked here: see test_ctrl_c_exits_130 (cli.main drops typer's 130 today).
+    assert "Traceback" not in stderr, stderr[-3000:]
+    left = wait_until_gone(tag, 20)
+    kill_tagged(tag)
+    assert left == [], left
+    lines = jsonl(study_folder(out))
+    assert [line["status"] for line in lines] == ["interrupted"]
+
+
+def test_ctrl_c_exits_130(monkeypatch, capsys, tmp_path):
+    from autotune import search_display
+    from autotune.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_display, "run_search", interrupted)
+    assert main(["search", "--model", "tiny-moe", "--gpus", "2", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip() == "aborted"
+
+
+# --- (d) bad input: exit 2 and one line, from the installed entry point ----------------------------------
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("extra,match", [
+    (["--address", "127.0.0.1:1"], "cannot reach Ray at --address 127.0.0.1:1"),  # on the real-trial path
+    (["--storage", "sqlite:////nonexistent-dir/x/study.db"], "cannot open Optuna storage"),
+    (["--gpus-per-node", "0"], "--gpus-per-node must be a positive integer, got 0"),
+])
+def test_bad_input_on_the_cpu_path_is_exit_2_and_one_line(tmp_path, extra, match):
+    args = TINY + ["--trials", "1", "--out", str(tmp_path)] + extra
+    tag = uuid.uuid4().hex
+    proc = start_search(args, tag)
+    _, stderr = proc.communicate(timeout=100)
+    assert proc.returncode == 2, stderr
+    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("error: ") and match in stderr, stderr
+    assert wait_until_gone(tag, 10) == []
