@@ -82,6 +82,17 @@ def _setup(model: str, gpus: str, gpu_type: str, gpus_per_node: Optional[int], s
     return spec, cluster, workload
 
 
+def _parallel_from_flags(tp: int, pp: int, vpp: Optional[int], cp: int, ep: int, etp: int, mbs: int,
+                         sp: Optional[bool], recompute: Recompute, no_dist_opt: bool, **split) -> ParallelConfig:
+    """The knobs `explain` and `estimate` share. `--vpp 1` means no interleaving; SP defaults to TP > 1."""
+    return ParallelConfig(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        virtual_pipeline_model_parallel_size=None if vpp == 1 else vpp, context_parallel_size=cp,
+        expert_model_parallel_size=ep, expert_tensor_parallel_size=etp, micro_batch_size=mbs,
+        sequence_parallel=(tp > 1) if sp is None else sp, use_distributed_optimizer=not no_dist_opt,
+        recompute_granularity=None if recompute is Recompute.none else recompute.value, **split)
+
+
 def _print_json(obj: object) -> None:
     sys.stdout.write(json.dumps(obj, indent=None, separators=(",", ":")) + "\n")
 
@@ -164,16 +175,10 @@ def explain(
                                      pipeline_split is PipelineSplit.account_embedding_loss)) if on]
     if len(chosen) > 1:
         raise ConfigError(f"contradictory flags: {' and '.join(chosen)} each set the pipeline split; keep one")
-    if vpp == 1:
-        vpp = None
     spec, cluster, workload = _setup(model, gpus, gpu_type, gpus_per_node, seq_len, global_batch_size, precision)
     account = pipeline_split is PipelineSplit.account_embedding_loss
-    parallel = ParallelConfig(
-        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, virtual_pipeline_model_parallel_size=vpp,
-        context_parallel_size=cp, expert_model_parallel_size=ep, expert_tensor_parallel_size=etp,
-        micro_batch_size=mbs, sequence_parallel=(tp > 1) if sp is None else sp,
-        use_distributed_optimizer=not no_dist_opt,
-        recompute_granularity=None if recompute is Recompute.none else recompute.value,
+    parallel = _parallel_from_flags(
+        tp, pp, vpp, cp, ep, etp, mbs, sp, recompute, no_dist_opt,
         account_for_embedding_in_pipeline_split=account, account_for_loss_in_pipeline_split=account,
         num_layers_in_first_pipeline_stage=first_stage_layers, num_layers_in_last_pipeline_stage=last_stage_layers,
         pipeline_model_parallel_layout=pp_layout,
@@ -220,12 +225,7 @@ def estimate(
     from autotune.memory import estimate_memory
 
     spec, cluster, workload = _setup(model, gpus, gpu_type, gpus_per_node, seq_len, global_batch_size, precision)
-    parallel = ParallelConfig(
-        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-        virtual_pipeline_model_parallel_size=None if vpp == 1 else vpp, context_parallel_size=cp,
-        expert_model_parallel_size=ep, expert_tensor_parallel_size=etp, micro_batch_size=mbs,
-        sequence_parallel=(tp > 1) if sp is None else sp, use_distributed_optimizer=not no_dist_opt,
-        recompute_granularity=None if recompute is Recompute.none else recompute.value)
+    parallel = _parallel_from_flags(tp, pp, vpp, cp, ep, etp, mbs, sp, recompute, no_dist_opt)
     job = JobConfig(num_gpus=cluster.num_gpus, parallel=parallel, workload=workload)
     broken = [r for r in constraints.check_all(spec, cluster, job, allow_cross_node_tp=allow_cross_node_tp)
               if not r.passed and r.rule.name != "memory"]

@@ -14,13 +14,12 @@ Bridge overrides are Hydra-style `section.field=value` keys of megatron.bridge C
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from autotune.atomic import write_text_atomic
 from autotune.cluster import ClusterSpec
 from autotune.config import JobConfig
 from autotune.errors import ConfigError, SpecFileError
@@ -128,20 +127,8 @@ def best_document(*, model_name: str, cluster: ClusterSpec, job: JobConfig, sour
 
 
 def write_yaml_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write via a temp file in the same folder and os.replace, so a reader never sees half a file."""
-    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=120)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; best.yaml is meant to be shared
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Dump with yaml.safe_dump and write atomically."""
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=120))
 
 
 def load_best(path: Path) -> tuple[dict[str, Any], JobConfig]:

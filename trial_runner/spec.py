@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from autotune.atomic import write_text_atomic
 from autotune.config import JobConfig
 from autotune.errors import ConfigError
 from autotune.model_spec import ModelSpec
@@ -141,20 +141,6 @@ class TrialResult(BaseModel):
     def write_atomic(self, path: str | os.PathLike) -> None:
         """Write via a temp file and os.replace, so a reader never sees half a result."""
         write_text_atomic(Path(path), self.to_json())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_result(path: str | os.PathLike) -> TrialResult | None:
