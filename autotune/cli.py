@@ -60,6 +60,17 @@ GBS_OPT = typer.Option(DEFAULT_GLOBAL_BATCH, "--global-batch-size", help="sequen
 PREC_OPT = typer.Option(Precision.bf16, "--precision", help="bf16 or fp8")
 JSON_OPT = typer.Option(False, "--json", help="machine-readable output on stdout")
 XTP_OPT = typer.Option(False, "--allow-cross-node-tp", help="allow TP groups larger than one NVLink domain")
+# The knobs of one config, shared by `explain` and `estimate` (Megatron's names in the help).
+TP_OPT = typer.Option(1, "--tp", help="tensor_model_parallel_size")
+PP_OPT = typer.Option(1, "--pp", help="pipeline_model_parallel_size")
+VPP_OPT = typer.Option(None, "--vpp", help="virtual_pipeline_model_parallel_size")
+CP_OPT = typer.Option(1, "--cp", help="context_parallel_size")
+EP_OPT = typer.Option(1, "--ep", help="expert_model_parallel_size")
+ETP_OPT = typer.Option(1, "--etp", help="expert_tensor_parallel_size")
+MBS_OPT = typer.Option(1, "--mbs", help="micro_batch_size")
+SP_OPT = typer.Option(None, "--sp/--no-sp", help="sequence_parallel (default: on when TP > 1)")
+RECOMPUTE_OPT = typer.Option(Recompute.none, "--recompute")
+NO_DIST_OPT_OPT = typer.Option(False, "--no-distributed-optimizer")
 
 
 def _gpus(text: str) -> int:
@@ -149,16 +160,9 @@ def explain(
     model: str = MODEL_OPT, gpus: str = GPUS_OPT, gpu_type: str = GPU_TYPE_OPT,
     gpus_per_node: Optional[int] = GPN_OPT, seq_len: int = SEQ_OPT, global_batch_size: int = GBS_OPT,
     precision: Precision = PREC_OPT,
-    tp: int = typer.Option(1, "--tp", help="tensor_model_parallel_size"),
-    pp: int = typer.Option(1, "--pp", help="pipeline_model_parallel_size"),
-    vpp: Optional[int] = typer.Option(None, "--vpp", help="virtual_pipeline_model_parallel_size"),
-    cp: int = typer.Option(1, "--cp", help="context_parallel_size"),
-    ep: int = typer.Option(1, "--ep", help="expert_model_parallel_size"),
-    etp: int = typer.Option(1, "--etp", help="expert_tensor_parallel_size"),
-    mbs: int = typer.Option(1, "--mbs", help="micro_batch_size"),
-    sp: Optional[bool] = typer.Option(None, "--sp/--no-sp", help="sequence_parallel (default: on when TP > 1)"),
-    recompute: Recompute = typer.Option(Recompute.none, "--recompute"),
-    no_dist_opt: bool = typer.Option(False, "--no-distributed-optimizer"),
+    tp: int = TP_OPT, pp: int = PP_OPT, vpp: Optional[int] = VPP_OPT, cp: int = CP_OPT, ep: int = EP_OPT,
+    etp: int = ETP_OPT, mbs: int = MBS_OPT, sp: Optional[bool] = SP_OPT, recompute: Recompute = RECOMPUTE_OPT,
+    no_dist_opt: bool = NO_DIST_OPT_OPT,
     pipeline_split: PipelineSplit = typer.Option(PipelineSplit.even, "--pipeline-split",
                                                  help="even, or account_embedding_loss"),
     first_stage_layers: Optional[int] = typer.Option(None, "--first-stage-layers",
@@ -209,16 +213,9 @@ def estimate(
     model: str = MODEL_OPT, gpus: str = GPUS_OPT, gpu_type: str = GPU_TYPE_OPT,
     gpus_per_node: Optional[int] = GPN_OPT, seq_len: int = SEQ_OPT, global_batch_size: int = GBS_OPT,
     precision: Precision = PREC_OPT,
-    tp: int = typer.Option(1, "--tp", help="tensor_model_parallel_size"),
-    pp: int = typer.Option(1, "--pp", help="pipeline_model_parallel_size"),
-    vpp: Optional[int] = typer.Option(None, "--vpp", help="virtual_pipeline_model_parallel_size"),
-    cp: int = typer.Option(1, "--cp", help="context_parallel_size"),
-    ep: int = typer.Option(1, "--ep", help="expert_model_parallel_size"),
-    etp: int = typer.Option(1, "--etp", help="expert_tensor_parallel_size"),
-    mbs: int = typer.Option(1, "--mbs", help="micro_batch_size"),
-    sp: Optional[bool] = typer.Option(None, "--sp/--no-sp", help="sequence_parallel (default: on when TP > 1)"),
-    recompute: Recompute = typer.Option(Recompute.none, "--recompute"),
-    no_dist_opt: bool = typer.Option(False, "--no-distributed-optimizer"),
+    tp: int = TP_OPT, pp: int = PP_OPT, vpp: Optional[int] = VPP_OPT, cp: int = CP_OPT, ep: int = EP_OPT,
+    etp: int = ETP_OPT, mbs: int = MBS_OPT, sp: Optional[bool] = SP_OPT, recompute: Recompute = RECOMPUTE_OPT,
+    no_dist_opt: bool = NO_DIST_OPT_OPT,
     allow_cross_node_tp: bool = XTP_OPT, as_json: bool = JSON_OPT,
 ) -> None:
     """Per-GPU memory of one config, stage by stage (weights, grads, optimizer, activations, overhead)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -41,15 +40,15 @@ def test_batch_equals_scalar_on_every_feasible_config(model_name, gpus, seq, gbs
         assert batch[i] == pytest.approx(est.peak_memory_gib, rel=1e-12), space.job(int(i)).parallel.canonical_key()
 
 
-def test_scoring_the_qwen3_235b_space_is_fast():
+def test_scoring_the_qwen3_235b_space_gives_a_finite_peak_per_config():
+    # Speed is measured by benchmarks/bench_space.py, not asserted here (no wall-clock asserts in tests).
     model = get_model("qwen3-235b")
     cluster, workload = ClusterSpec.build(256), Workload(seq_length=4096, global_batch_size=8192)
-    start = time.perf_counter()
     space = enumerate_space(default_space(model), model, cluster, workload)
     peak = peak_memory_gib_batch(model, cluster, workload, space.knobs)
-    elapsed = time.perf_counter() - start
     assert len(peak) == space.num_feasible and np.isfinite(peak).all()
-    assert elapsed < 1.0, f"enumeration + memory took {elapsed:.2f} s"
+    # Every survivor of the memory rule fits the GPU less the default headroom.
+    assert (peak <= cluster.gpu.usable_memory_gib * 0.9 + 1e-9).all()
 
 
 def _job(model_name: str, gpus: int, seq: int = 4096, gbs: int = 256, **kw) -> tuple:
