@@ -32,6 +32,9 @@ app = typer.Typer(
 
 DEFAULT_SEQ_LEN = 4096
 DEFAULT_GLOBAL_BATCH = 1024
+DEFAULT_TRIALS = 20
+# `search --backend cpu` defaults: sized so the README's CPU demo runs real trials in a few minutes.
+CPU_DEFAULTS = {"seq_length": 64, "global_batch_size": 8, "num_trials": 4}
 
 
 class Recompute(str, Enum):
@@ -248,10 +251,16 @@ class Backend(str, Enum):
 @app.command()
 def search(
     model: str = MODEL_OPT, gpus: str = GPUS_OPT, gpu_type: str = GPU_TYPE_OPT,
-    gpus_per_node: Optional[int] = GPN_OPT, seq_len: int = SEQ_OPT, global_batch_size: int = GBS_OPT,
+    gpus_per_node: Optional[int] = GPN_OPT,
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help=f"sequence length (default {DEFAULT_SEQ_LEN}; "
+                                          f"{CPU_DEFAULTS['seq_length']} with --backend cpu)"),
+    global_batch_size: Optional[int] = typer.Option(
+        None, "--global-batch-size", help=f"sequences per optimizer step (default {DEFAULT_GLOBAL_BATCH}; "
+                                          f"{CPU_DEFAULTS['global_batch_size']} with --backend cpu)"),
     precision: Precision = PREC_OPT,
     space_file: Optional[str] = typer.Option(None, "--space", help="search-space YAML (default: search_spaces/)"),
-    trials: int = typer.Option(20, "--trials", help="real trials to run in this session"),
+    trials: Optional[int] = typer.Option(None, "--trials", help=f"real trials to run in this session (default "
+                                         f"{DEFAULT_TRIALS}; {CPU_DEFAULTS['num_trials']} with --backend cpu)"),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="no new trial after this, e.g. 30m, 2h"),
     trial_timeout: float = typer.Option(900.0, "--trial-timeout", help="seconds one trial may run"),
     backend: Backend = typer.Option(Backend.auto, "--backend",
@@ -269,6 +278,12 @@ def search(
     from autotune.search import SearchRequest, parse_duration
     from autotune.search_display import run_search
 
+    # CPU trials run tiny models on a few cores: a GPU-sized workload would take hours per trial.
+    size = CPU_DEFAULTS if backend is Backend.cpu else {
+        "seq_length": DEFAULT_SEQ_LEN, "global_batch_size": DEFAULT_GLOBAL_BATCH, "num_trials": DEFAULT_TRIALS}
+    seq_len = size["seq_length"] if seq_len is None else seq_len
+    global_batch_size = size["global_batch_size"] if global_batch_size is None else global_batch_size
+    trials = size["num_trials"] if trials is None else trials
     spec, cluster, workload = _setup(model, gpus, gpu_type, gpus_per_node, seq_len, global_batch_size, precision)
     req = SearchRequest(
         model=spec, cluster=cluster, workload=workload,

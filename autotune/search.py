@@ -150,6 +150,17 @@ class Progress:
     failed: int = 0
     best: TrialRecord | None = None
     events: list[str] = field(default_factory=list)
+    planned: int = 0  # trials this session may start (--trials)
+    deadline: float | None = None  # clock() after which no trial starts (--time-budget)
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.pruned + self.failed
+
+
+def clock() -> float:
+    """The search's clock (monotonic: a wall-clock jump must not end or extend --time-budget)."""
+    return time.monotonic()
 
 
 def _mesh_of(d: dict[str, Any]) -> tuple[int, int, int, int, int]:
@@ -239,12 +250,18 @@ def run_trials(phase: AnalyticPhase, on_event: Callable[[Progress], None] = lamb
         auth = " (token auth on: `ray get-auth-token` prints the token)" if getattr(sched, "token_auth", False) else ""
         prog.events.append(f"Ray dashboard: {sched.dashboard_url}{auth}" if sched.dashboard_url else "Ray: connected")
         on_event(prog)
-        deadline = time.time() + req.time_budget_s if req.time_budget_s else None
-        started, exhausted = 0, False
+        deadline = clock() + req.time_budget_s if req.time_budget_s else None
+        prog.planned, prog.deadline = req.num_trials, deadline
+        started, exhausted, budget_spent = 0, False, False
 
         while True:
-            can_start = (not exhausted and started < req.num_trials and len(running) < slots
-                         and (deadline is None or time.time() < deadline))
+            if deadline is not None and not budget_spent and clock() >= deadline:
+                budget_spent = True
+                if started < req.num_trials and not exhausted:
+                    prog.events.append(f"--time-budget spent after {started} trials: no new trial starts"
+                                       + (f", waiting for {len(running)} running" if running else ""))
+                    on_event(prog)
+            can_start = (not exhausted and not budget_spent and started < req.num_trials and len(running) < slots)
             if can_start:
                 i = sampler.next_index()
                 if i is None:

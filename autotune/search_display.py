@@ -1,15 +1,18 @@
-"""What `autotune search` shows: the analytic summary, a live progress line, the final ranked table."""
+"""What `autotune search` shows: the analytic summary, a trial progress bar, the final ranked table."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rich.console import Console
-from rich.live import Live
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn)
 from rich.table import Table
 
 from autotune import render
-from autotune.search import AnalyticPhase, Progress
+from autotune import search as search_mod
+from autotune.search import AnalyticPhase
+from autotune.search import Progress as SearchProgress
 from autotune.study import TrialRecord
 
 
@@ -31,37 +34,57 @@ def print_analytic(con: Console, phase: AnalyticPhase, top: int = 10) -> None:
     con.print(t)
 
 
-def progress_line(p: Progress) -> str:
+def progress_line(p: SearchProgress) -> str:
     best = (f"best {p.best.measured['tokens_per_s_per_gpu']:,.1f} tokens/s/GPU (trial {p.best.number})"
             if p.best is not None else "best -")
     return f"trials: {p.done} done, {p.running} running, {p.pruned} pruned, {p.failed} failed; {best}"
 
 
+def budget_left(p: SearchProgress) -> str:
+    if p.deadline is None:
+        return ""
+    left = max(0.0, p.deadline - search_mod.clock())
+    return f"time budget left {int(left // 60)}:{int(left % 60):02d}" if left else "time budget spent"
+
+
 class LiveProgress:
-    """A one-line live status under the event log (plain lines when not a terminal)."""
+    """Trial events as they happen, under them a progress bar of this session's trials with the counts
+    and the best so far (plain lines when the output is not a terminal, e.g. CI logs)."""
 
     def __init__(self, con: Console):
         self.con = con
-        self.live = Live(console=con, refresh_per_second=4, transient=True) if con.is_terminal else None
+        self.bar = Progress(SpinnerColumn(), TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=con,
+                            transient=False) if con.is_terminal else None
+        self._task = None
         self._printed = 0
 
     def __enter__(self) -> "LiveProgress":
-        if self.live:
-            self.live.__enter__()
+        if self.bar:
+            self.bar.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.live:
-            self.live.__exit__(*exc)
+        if self.bar:
+            self.bar.__exit__(*exc)
 
-    def __call__(self, p: Progress) -> None:
+    def __call__(self, p: SearchProgress) -> None:
         for line in p.events[self._printed:]:
             self.con.print(line)
         self._printed = len(p.events)
-        if self.live:
-            self.live.update(progress_line(p))
-        else:
+        status = "; ".join(x for x in (progress_line(p).removeprefix("trials: "), budget_left(p)) if x)
+        if self.bar is None:
             self.con.print(progress_line(p))
+            return
+        if self._task is None:
+            self._task = self.bar.add_task("trials", total=p.planned or None, status=status)
+        self.bar.update(self._task, completed=p.finished, status=status)
+
+
+def _ratio(measured: float | None, predicted: float | None, backend: str | None) -> str:
+    if backend == "cpu":  # a CPU run of the config against a GPU prediction: the ratio means nothing
+        return "cpu"
+    return f"{measured / predicted:.3f}" if measured and predicted else "-"
 
 
 def results_table(recs: list[TrialRecord]) -> Table:
@@ -77,7 +100,7 @@ def results_table(recs: list[TrialRecord]) -> Table:
         m, p = r.measured or {}, r.predicted or {}
         meas, pred = m.get("tokens_per_s_per_gpu"), p.get("tokens_per_s_per_gpu")
         t.add_row(str(n), str(r.number), r.config_key, r.status, f"{meas:,.1f}" if meas else "-",
-                  f"{pred:,.0f}" if pred else "-", f"{meas / pred:.3f}" if meas and pred else "-",
+                  f"{pred:,.0f}" if pred else "-", _ratio(meas, pred, m.get("backend")),
                   f"{m['peak_memory_gib']:.2f}" if m.get("peak_memory_gib") else "-",
                   f"{p['peak_memory_gib']:.1f}" if p.get("peak_memory_gib") else "-",
                   (r.reason or "")[:60])
@@ -105,6 +128,9 @@ def run_search(req, con: Console, as_json: bool = False) -> dict[str, Any]:
             with LiveProgress(con) as live:
                 recs = run_trials(phase, on_event=live)
             con.print(results_table(recs))
+            if phase.backend == "cpu":
+                con.print(f"--backend cpu: measured columns are real Megatron Core runs on CPU (fp32, gloo); "
+                          f"predicted columns are for {req.cluster.gpu.name}, so only the ranking is comparable")
     doc = write_best(phase, recs)
     best_path = phase.folder / "best.yaml"
     if not as_json:

@@ -217,3 +217,31 @@ def test_ctrl_c_stops_trials_in_flight_and_records_them(tmp_path):
     assert sched.cancelled == [0]
     assert [r.status for r in ST.records(phase.study)] == ["interrupted"]
     assert phase.study.trials[0].state.name == "FAIL"
+
+
+def test_time_budget_stops_new_trials_but_lets_running_ones_finish(tmp_path, monkeypatch):
+    """--time-budget: no trial starts once it is spent; trials in flight still finish and are recorded.
+    The search's clock is scripted: each wait for results takes 10 s of it."""
+    now = [0.0]
+    monkeypatch.setattr(S, "clock", lambda: now[0])
+
+    class Slow(ScriptedScheduler):
+        def wait_any(self, running, timeout_s=1.0):
+            now[0] += 10.0
+            return super().wait_any(running[:1], timeout_s)  # one trial finishes per wait
+
+    sched = Slow(lambda spec, n: ("completed", 1.0 + n, 0.1))  # 8 GPUs: two 4-GPU trials at a time
+    seen, events = [], []
+
+    def on_event(p):
+        seen.append((p.finished, p.running))
+        events[:] = p.events
+
+    phase = _phase(tmp_path, num_trials=10, time_budget_s=25.0)
+    recs = S.run_trials(phase, scheduler=sched, on_event=on_event)
+    # t=0: trials 0, 1 start; t=10: 0 ends, 2 starts; t=20: 1 ends, 3 starts; t=30: 2 ends, budget spent;
+    # t=40: 3 ends.
+    assert len(sched.submitted) == 4
+    assert [r.status for r in recs] == ["completed"] * 4
+    assert seen[-1] == (4, 0)
+    assert "--time-budget spent after 4 trials: no new trial starts, waiting for 1 running" in events
