@@ -9,7 +9,10 @@ Megatron-LM flag names follow megatron/training/arguments.py (Megatron-LM core_r
 `--num-virtual-stages-per-pipeline-rank` (the older `--virtual-pipeline-model-parallel-size` is gone),
 uneven stages are `--decoder-first-pipeline-num-layers` / `--decoder-last-pipeline-num-layers`.
 Bridge overrides are Hydra-style `section.field=value` keys of megatron.bridge ConfigContainer
-(`model.*` is the GPTProvider/TransformerConfig, `train.*`, `ddp.*`, `optimizer.*`).
+(`model.*` is the GPTProvider/TransformerConfig, `train.*`, `dataset.*`, `ddp.*`, `optimizer.*`;
+Megatron-Bridge @ 067f987 src/megatron/bridge/training/config.py). FP8 exports per-tensor current
+scaling (Megatron `fp8_recipe="tensorwise"`, Bridge `bf16_with_fp8_current_scaling_mixed`), the recipe
+of the H100 perf tables the cost model is fitted on.
 """
 
 from __future__ import annotations
@@ -62,8 +65,8 @@ def megatron_args(job: JobConfig) -> list[str]:
         args += ["--pipeline-model-parallel-layout", p.pipeline_model_parallel_layout]
     args += ["--micro-batch-size", str(p.micro_batch_size), "--global-batch-size", str(w.global_batch_size),
              "--seq-length", str(w.seq_length), "--bf16"]
-    if w.precision == "fp8":
-        args += ["--fp8-format", "hybrid"]
+    if w.precision == "fp8":  # per-tensor current scaling: the recipe of NVIDIA's H100 perf tables
+        args += ["--fp8-format", "hybrid", "--fp8-recipe", "tensorwise"]
     return args
 
 
@@ -90,11 +93,13 @@ def bridge_overrides(job: JobConfig) -> list[str]:
     if p.pipeline_model_parallel_layout is not None:
         out["model.pipeline_model_parallel_layout"] = repr(p.pipeline_model_parallel_layout)
     out.update({
-        "model.seq_length": w.seq_length, "train.micro_batch_size": p.micro_batch_size,
+        # Bridge asserts model.seq_length == dataset.seq_length (training/config.py, ConfigContainer.validate).
+        "model.seq_length": w.seq_length, "dataset.seq_length": w.seq_length,
+        "train.micro_batch_size": p.micro_batch_size,
         "train.global_batch_size": w.global_batch_size,
         "ddp.use_distributed_optimizer": p.use_distributed_optimizer,
         "optimizer.use_distributed_optimizer": p.use_distributed_optimizer,
-        "mixed_precision": "bf16_with_fp8_delayed_scaling_mixed" if w.precision == "fp8" else "bf16_mixed",
+        "mixed_precision": "bf16_with_fp8_current_scaling_mixed" if w.precision == "fp8" else "bf16_mixed",
     })
     return [f"{k}={_hydra(v)}" for k, v in out.items()]
 

@@ -74,6 +74,53 @@ def test_bridge_overrides():
     assert dict(o.split("=", 1) for o in export.bridge_overrides(_job()))["model.recompute_granularity"] == "null"
 
 
+# Bridge-only fields, not in megatron-core: Megatron-Bridge @ 067f987df03b8355b03192d88d70f1709fedf51a,
+# src/megatron/bridge/models/gpt_provider.py (GPTModelProvider.seq_length, line 160),
+# src/megatron/bridge/training/config.py (TrainingConfig.micro_batch_size/global_batch_size via
+# Megatron-LM @ d98e8a6 megatron/training/config/training_config.py lines 11, 15; GPTDatasetConfig.seq_length,
+# line 231) and
+# src/megatron/bridge/training/mixed_precision.py (@register bf16_mixed, line 185;
+# bf16_with_fp8_current_scaling_mixed, line 285: fp8="hybrid", fp8_recipe="tensorwise").
+BRIDGE_ONLY = {"model.seq_length", "train.micro_batch_size", "train.global_batch_size", "dataset.seq_length"}
+BRIDGE_PRECISIONS = {"bf16_mixed", "bf16_with_fp8_current_scaling_mixed"}
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_bridge_override_keys_are_real_megatron_fields(precision):
+    """Every `model.*`, `ddp.*`, `optimizer.*` key is a field of the real megatron-core dataclass that
+    Bridge's ConfigContainer section subclasses, so a typo cannot reach a user's launch."""
+    pytest.importorskip("megatron.core")
+    import dataclasses
+
+    from megatron.core.distributed import DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig
+    from megatron.core.transformer import TransformerConfig
+
+    sections = {"model": TransformerConfig, "ddp": DistributedDataParallelConfig, "optimizer": OptimizerConfig}
+    jobs = [_job(precision, **FULL), _job(precision, pipeline_model_parallel_size=2,
+                                          account_for_embedding_in_pipeline_split=True,
+                                          account_for_loss_in_pipeline_split=True),
+            _job(precision, pipeline_model_parallel_size=2, pipeline_model_parallel_layout="Et|tL")]
+    for job in jobs:
+        over = dict(o.split("=", 1) for o in export.bridge_overrides(job))
+        for key in over:
+            if key in BRIDGE_ONLY or key == "mixed_precision":
+                continue
+            section, name = key.split(".", 1)
+            assert name in {f.name for f in dataclasses.fields(sections[section])}, key
+        assert over["model.seq_length"] == over["dataset.seq_length"] == "4096"
+        assert over["mixed_precision"] in BRIDGE_PRECISIONS
+        assert (over["mixed_precision"] == "bf16_with_fp8_current_scaling_mixed") == (precision == "fp8")
+
+
+def test_fp8_megatron_args_name_the_current_scaling_recipe():
+    from megatron.core.enums import Fp8Recipe
+
+    args = export.megatron_args(_job("fp8"))
+    assert _flag(args, "--fp8-format") == "hybrid" and _flag(args, "--fp8-recipe") == Fp8Recipe.tensorwise.value
+    assert "--fp8-recipe" not in export.megatron_args(_job())
+
+
 def _doc(job: JobConfig, source="predicted", measured=None) -> dict:
     return export.best_document(model_name="qwen3-235b", cluster=ClusterSpec.build(256), job=job, source=source,
                                 predicted={"tokens_per_s_per_gpu": 1234.5, "peak_memory_gib": 60.0},
