@@ -18,6 +18,7 @@ against real GPTModel chunks in tests/test_memory_megatron.py):
   buffers and expt_dp for experts; FORMULAS.md §2.1). Bucket padding (at most lcm(DP, 128) per
   bucket and 64 per param) is not modelled.
 Activations: memory_activations.py, times the micro-batches each chunk holds (memory_layout.py).
+FP8 runs: GEMM weights take Transformer Engine's FP8 bytes (memory_fp8.py).
 Overheads: `Overheads`, each a named term.
 
 Two entry points share one implementation: `estimate_memory` for one config (a frozen
@@ -38,6 +39,7 @@ from autotune.errors import ConfigError
 from autotune.memory_activations import (
     BF16, FP32, RECOMPUTE_MODULES, Shard, dense_layer_bytes, layer_input_bytes, logits_bytes, moe_layer_bytes,
 )
+from autotune.memory_fp8 import gemm_weight_bytes_per_element, gemm_weight_elements, needs_fp8_transpose
 from autotune.memory_layout import ChunkLayers, chunk_layers, chunk_layers_for, in_flight_units
 from autotune.model_spec import ModelSpec
 from autotune.params import layer_params, norm_params
@@ -71,6 +73,9 @@ class MemoryOptions:
     # fp32 main gradients (Megatron-LM forces accumulate_allreduce_grads_in_fp32 with --bf16); Megatron-Bridge
     # performance recipes turn it off (perf_recipes/_common.py: grad_reduce_in_fp32 = False) -> bf16 grads.
     grad_reduce_in_fp32: bool = True
+    # FP8 runs: FP8 primary weights (Megatron --fp8-param-gather; Megatron-Bridge FP8 recipes set
+    # fp8_param_gather=True). False: bf16 weights plus TE's cached FP8 copy (memory_fp8.py).
+    fp8_param: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.recompute_modules) - set(RECOMPUTE_MODULES)
@@ -187,7 +192,8 @@ def _params_per_stage(m: ModelSpec, rows: _Rows, chunks: ChunkLayers, seq_length
     dense = n_dense * per_dense + n_moe * per_moe_dense + first * embedding + last * (
         output + norm_params(m, m.hidden_size))
     expert = n_moe * per_moe_expert
-    return {"dense": dense, "expert": expert}
+    gemm = gemm_weight_elements(m, n_dense, n_moe, tp, (rows.ep * rows.etp)[..., 0])  # FP8-able weights
+    return {"dense": dense, "expert": expert, "gemm": gemm}
 
 
 def _selective_modules(options: MemoryOptions) -> frozenset[str]:
@@ -230,7 +236,7 @@ def _activations_per_stage(m: ModelSpec, rows: _Rows, chunks: ChunkLayers, workl
 
 
 def _stage_bytes(m: ModelSpec, rows: _Rows, chunks: ChunkLayers, workload: Workload,
-                 options: MemoryOptions) -> dict[str, Any]:
+                 options: MemoryOptions, gpu_name: str) -> dict[str, Any]:
     params = _params_per_stage(m, rows, chunks, workload.seq_length)
     dense, expert = params["dense"], params["expert"]
     dp_cp = (rows.dp * rows.cp)[..., 0]
@@ -239,7 +245,9 @@ def _stage_bytes(m: ModelSpec, rows: _Rows, chunks: ChunkLayers, workload: Workl
     optimizer = OPTIMIZER_BYTES * (np.where(dist, dense / dp_cp, dense) + np.where(dist, expert / edp, expert))
     return {
         "num_parameters": dense + expert,
-        "weights": BF16 * (dense + expert),
+        # GEMM weights take TE's FP8 bytes instead of bf16 (memory_fp8.py); the rest stays bf16.
+        "weights": BF16 * (dense + expert) + (gemm_weight_bytes_per_element(
+            workload.precision == "fp8", options.fp8_param, needs_fp8_transpose(gpu_name)) - BF16) * params["gemm"],
         "gradients": (FP32 if options.grad_reduce_in_fp32 else BF16) * (dense + expert),
         "optimizer": optimizer,
         "activations": _activations_per_stage(m, rows, chunks, workload, options),
@@ -273,7 +281,7 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, over
     rows = _rows_of(p.tp, p.cp, p.ep, p.etp, p.micro_batch_size, int(p.sequence_parallel),
                     int(p.use_distributed_optimizer), recompute, job.num_gpus, p.pp, job.workload.global_batch_size)
     chunks = chunk_layers(model.num_layers, model.num_dense_layers, _split_only(p))
-    b = _stage_bytes(model, rows, chunks, job.workload, options)
+    b = _stage_bytes(model, rows, chunks, job.workload, options, cluster.gpu.name)
     stages = []
     for r in range(p.pp):
         parts = {k: float(np.asarray(v)[0, r]) for k, v in b.items()}
@@ -360,7 +368,7 @@ def peak_memory_gib_batch(model: ModelSpec, cluster: ClusterSpec, workload: Work
                                       emb, loss)
         rows = _rows_of(*(cols[k][sel] for k in ("tp", "cp", "ep", "etp", "mbs", "sp", "dist_opt", "recompute")),
                         num_gpus=cluster.num_gpus, pp=cols["pp"][sel], global_batch_size=workload.global_batch_size)
-        b = _stage_bytes(model, rows, chunks, workload, options)
+        b = _stage_bytes(model, rows, chunks, workload, options, cluster.gpu.name)
         allocated = b["weights"] + b["gradients"] + b["optimizer"] + b["activations"]
         total = allocated + _overhead_bytes(allocated, overheads)
         out[sel] = np.max(total, axis=1) / GIB

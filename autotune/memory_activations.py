@@ -17,6 +17,12 @@ counted what autograd saves in a GPT layer. We count the same tensors for the la
 - selective recompute drops the tensors of the modules it recomputes (Megatron --recompute-modules:
   core_attn, layernorm, mlp, moe, moe_act, shared_experts, mla_up_proj), full recompute keeps only
   the layer input.
+- FP8 (Transformer Engine @ d0067d0d, tensor scaling): every TE linear saves its input quantized, one
+  direction only, 1 byte per element (module/linear.py:421-436, :600-621); with sequence parallelism the
+  saved tensor is the local shard, re-gathered in backward. Tensors that other ops save stay bf16: the
+  norm inputs, Q/K/V and the attention output (fused attention), the fc1 output (Megatron's swiglu,
+  fusions/fused_bias_swiglu.py:180-184). The one tensor FP8 adds is linear_proj's 1-byte copy of the
+  attention output while fused attention still keeps its bf16 original (core_attn not recomputed).
 Every function works on ints and on numpy arrays alike (knobs broadcast against each other).
 Dropout is off by default (Megatron-Bridge recipes set hidden/attention dropout 0); with
 `hidden_dropout` the two 1-byte residual-dropout masks of Korthikanti's count come back.
@@ -33,6 +39,7 @@ from autotune.model_spec import ModelSpec
 
 BF16 = 2
 FP32 = 4
+FP8 = 1
 RECOMPUTE_MODULES = ("core_attn", "layernorm", "mlp", "moe", "moe_act", "shared_experts", "mla_up_proj")
 
 
@@ -49,12 +56,24 @@ class Shard:
     @property
     def linear_input(self) -> int:
         """Bytes per element of a saved linear-layer input."""
-        return 1 if self.fp8 else BF16
+        return FP8 if self.fp8 else BF16
 
     @property
     def sp_div(self) -> Any:
         """Norm inputs and linear inputs are split over TP only with sequence parallelism."""
         return np.where(self.sp == 1, self.tp, 1)
+
+
+def _attention_output(s: Shard, modules: frozenset[str]) -> int:
+    """Bytes per element kept for the core-attention output, which is also linear_proj's input.
+
+    TE's fused attention saves its bf16 output for backward; a recomputed core_attn does not (Megatron's
+    CheckpointFunction saves only q, k, v). linear_proj saves its input: in bf16 that same tensor; in FP8
+    its own 1-byte quantized copy (TE module/linear.py:421-436 quantizes, :600-621 keeps one direction).
+    """
+    if not s.fp8:
+        return BF16
+    return FP8 + (0 if "core_attn" in modules else BF16)
 
 
 def _attention(m: ModelSpec, s: Shard, modules: frozenset[str]) -> Any:
@@ -67,7 +86,7 @@ def _attention(m: ModelSpec, s: Shard, modules: frozenset[str]) -> Any:
         compressed += BF16 * t * a.qk_pos_emb_head_dim / s.sp_div  # shared rotary key
         qk_width = a.qk_head_dim + a.qk_pos_emb_head_dim
         qkv = 0 if "mla_up_proj" in modules else BF16 * t * n * (2 * qk_width + a.v_head_dim) / s.tp
-        out = (BF16 + (1 if s.fp8 else 0)) * t * n * a.v_head_dim / s.tp  # flash output (+ fp8 copy for proj)
+        out = _attention_output(s, modules) * t * n * a.v_head_dim / s.tp
         lse = 0 if "core_attn" in modules else FP32 * t * n / s.tp
         return ln_in + ln_out + compressed + qkv + out + lse
     q_width = m.num_attention_heads * m.kv_channels / s.tp
@@ -75,8 +94,7 @@ def _attention(m: ModelSpec, s: Shard, modules: frozenset[str]) -> Any:
     kv_width = m.kv_channels * np.maximum(m.num_query_groups / s.tp, 1)
     qkv = BF16 * t * (q_width + 2 * kv_width)
     qk_norm = BF16 * t * (q_width + kv_width) if m.qk_layernorm else 0
-    # flash output = linear_proj input (one tensor in bf16; with FP8 the projection keeps a 1-byte copy too)
-    out = (BF16 + (1 if s.fp8 else 0)) * t * q_width
+    out = _attention_output(s, modules) * t * q_width
     lse = 0 if "core_attn" in modules else FP32 * t * m.num_attention_heads / s.tp
     return ln_in + ln_out + qkv + qk_norm + out + lse
 

@@ -37,3 +37,17 @@ def test_no_false_oom_on_megatron_bridge_h100_recipes(refdata):
 def test_peft_recipes_are_reported_as_unmodelled(refdata, function):
     (r,) = [r for r in recipe_results(refdata) if r.function == function]
     assert "LoRA" in r.unmodelled
+
+
+def test_megatron_bridge_fp8_points(refdata):
+    """memory_points.csv m25-m31 (Bridge PR #3107: Llama3 70B SFT, FP8 current scaling, 32 H100). The
+    runs captured the MLP with TE CUDA graphs, whose pool max_memory_allocated does not see; we count it
+    (it is real memory), so m25/m26 over-predict by more than 10% (benchmarks/accuracy_memory.py FP8_NOTE)."""
+    results = {p.id: p for p in point_results(refdata) if p.id in {f"m{i}" for i in range(25, 32)}}
+    assert len(results) == 7
+    for pid in ("m27", "m28", "m29", "m30", "m31"):
+        assert abs(results[pid].error_pct) <= 10.0, f"{pid}: {results[pid].error_pct:+.1f}%"
+    for pid in ("m25", "m26"):
+        assert 10.0 < results[pid].error_pct <= 15.0, f"{pid}: {results[pid].error_pct:+.1f}%"
+    # The graphed MLP activations are reported for the points whose MLP is not recomputed.
+    assert all((p.graph_pool_gib > 0) == (p.id not in {"m29", "m30"}) for p in results.values())
