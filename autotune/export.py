@@ -67,6 +67,10 @@ def megatron_args(job: JobConfig) -> list[str]:
              "--seq-length", str(w.seq_length), "--bf16"]
     if w.precision == "fp8":  # per-tensor current scaling: the recipe of NVIDIA's H100 perf tables
         args += ["--fp8-format", "hybrid", "--fp8-recipe", "tensorwise"]
+        if p.use_distributed_optimizer:
+            # FP8 primary weights, as Bridge's FP8 recipes and the memory model assume (memory_fp8.py);
+            # Megatron-LM allows them only with the distributed optimizer (arguments.py validate_args).
+            args.append("--fp8-param-gather")
     return args
 
 

@@ -116,9 +116,11 @@ def test_bridge_override_keys_are_real_megatron_fields(precision):
 def test_fp8_megatron_args_name_the_current_scaling_recipe():
     from megatron.core.enums import Fp8Recipe
 
-    args = export.megatron_args(_job("fp8"))
+    args = export.megatron_args(_job("fp8", use_distributed_optimizer=True))
     assert _flag(args, "--fp8-format") == "hybrid" and _flag(args, "--fp8-recipe") == Fp8Recipe.tensorwise.value
-    assert "--fp8-recipe" not in export.megatron_args(_job())
+    assert "--fp8-param-gather" in args
+    assert "--fp8-param-gather" not in export.megatron_args(_job("fp8", use_distributed_optimizer=False))
+    assert "--fp8-recipe" not in export.megatron_args(_job()) and "--fp8-param-gather" not in export.megatron_args(_job())
 
 
 def _doc(job: JobConfig, source="predicted", measured=None) -> dict:
