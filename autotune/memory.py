@@ -13,17 +13,23 @@ against real GPTModel chunks in tests/test_memory_megatron.py):
   embeddings and PP > 1 the last stage keeps its own copy of the word embeddings
   (language_module.py::setup_embeddings_and_output_layer);
 - fp32 main gradients (DDP grad buffer, not sharded); fp32 master weights + Adam m and v
-  (12 bytes/param), divided by DP x CP for dense params and by the expert-DP size for routed experts
-  with the distributed optimizer (distributed_data_parallel.py uses the dp_cp group for dense
-  buffers and expt_dp for experts; FORMULAS.md §2.1). Bucket padding (at most lcm(DP, 128) per
-  bucket and 64 per param) is not modelled.
+  (12 bytes/param), with the distributed optimizer split over DP x CP for dense params and over the
+  expert-DP group for routed experts (distributed_data_parallel.py uses the dp_cp group for dense
+  buffers and expt_dp for experts; FORMULAS.md §2.1). memory_buckets.py replays Megatron's buffer
+  layout (reverse registration order, params aligned to 64 elements, buckets padded to
+  lcm(DP, 128), a tied embedding in a bucket of its own), so a rank's grad buffer and optimizer
+  shard are exact per rank, not params / DP (checked rank by rank in tests/test_memory_megatron.py,
+  and against Megatron's real optimizer in tests/test_memory_real_optimizer.py).
 Activations: memory_activations.py, times the micro-batches each chunk holds (memory_layout.py).
 FP8 runs: GEMM weights take Transformer Engine's FP8 bytes (memory_fp8.py).
 Overheads: `Overheads`, each a named term.
 
 Two entry points share one implementation: `estimate_memory` for one config (a frozen
 MemoryEstimate with the per-stage breakdown) and `peak_memory_gib_batch` for a whole enumerated
-space (numpy arrays), so they cannot disagree.
+space (numpy arrays). They differ in one place only: the batch path bounds the distributed
+optimizer's padding in closed form (< 64 elements per param tensor, < lcm(DP, 128) per bucket;
+memory_buckets.stage_padding_bound) instead of laying out every buffer, so its gradient and
+optimizer terms are >= the exact ones `estimate_memory` reports, by at most that padding.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from autotune.memory_activations import (
     BF16, FP32, RECOMPUTE_MODULES, Shard, dense_layer_bytes, layer_input_bytes, logits_bytes, moe_layer_bytes,
 )
 from autotune.memory_fp8 import gemm_weight_bytes_per_element, gemm_weight_elements, needs_fp8_transpose
+from autotune.memory_buckets import stage_buffers, stage_padding_bound
 from autotune.memory_layout import ChunkLayers, chunk_layers, chunk_layers_for, in_flight_units
 from autotune.model_spec import ModelSpec
 from autotune.params import layer_params, norm_params
@@ -47,6 +54,11 @@ from autotune.params import layer_params, norm_params
 GIB = 2**30
 VOCAB_DIVISIBLE_BY = 128  # Megatron-LM --make-vocab-size-divisible-by default
 OPTIMIZER_BYTES = 3 * FP32  # fp32 master weights, Adam exp_avg, exp_avg_sq
+
+
+def _grad_bytes(options: "MemoryOptions") -> int:
+    """Bytes per grad-buffer element: fp32 main grads, or bf16 without grad_reduce_in_fp32."""
+    return FP32 if options.grad_reduce_in_fp32 else BF16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +85,11 @@ class MemoryOptions:
     # fp32 main gradients (Megatron-LM forces accumulate_allreduce_grads_in_fp32 with --bf16); Megatron-Bridge
     # performance recipes turn it off (perf_recipes/_common.py: grad_reduce_in_fp32 = False) -> bf16 grads.
     grad_reduce_in_fp32: bool = True
+    # DDP buckets (Megatron-LM --overlap-grad-reduce): pipeline rank 0's first chunk is split into buckets
+    # of ddp_bucket_size elements (None: Megatron's max(40M, 1M x DP)), each padded with the distributed
+    # optimizer. False (Megatron's default): one bucket per buffer.
+    overlap_grad_reduce: bool = False
+    ddp_bucket_size: int | None = None
     # FP8 runs: FP8 primary weights (Megatron --fp8-param-gather; Megatron-Bridge FP8 recipes set
     # fp8_param_gather=True). False: bf16 weights plus TE's cached FP8 copy (memory_fp8.py).
     fp8_param: bool = True
@@ -83,6 +100,9 @@ class MemoryOptions:
             raise ConfigError(f"unknown recompute modules {sorted(unknown)}; known: {', '.join(RECOMPUTE_MODULES)}")
         if self.recompute_num_layers is not None and self.recompute_num_layers < 0:
             raise ConfigError(f"recompute_num_layers must be >= 0, got {self.recompute_num_layers}")
+        if self.ddp_bucket_size is not None and self.ddp_bucket_size <= 0:
+            raise ConfigError(f"ddp_bucket_size must be > 0 elements or None (Megatron's default), "
+                              f"got {self.ddp_bucket_size}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,14 +261,24 @@ def _stage_bytes(m: ModelSpec, rows: _Rows, chunks: ChunkLayers, workload: Workl
     dense, expert = params["dense"], params["expert"]
     dp_cp = (rows.dp * rows.cp)[..., 0]
     edp = rows.edp[..., 0]
+    ep = rows.ep[..., 0]
     dist = rows.dist_opt[..., 0] == 1
-    optimizer = OPTIMIZER_BYTES * (np.where(dist, dense / dp_cp, dense) + np.where(dist, expert / edp, expert))
+    # With EP = 1 the routed experts sit in the dense buffer, sharded over DP x CP (memory_buckets.py).
+    in_dense = np.where(ep == 1, dense + expert, dense)
+    in_expert = np.where(ep == 1, 0, expert)
+    # An upper bound on Megatron's buffer padding, so a shard is at most (params + padding) / group;
+    # estimate_memory replaces both terms with the exact layout (memory_buckets.stage_buffers).
+    pad_dense, pad_expert = stage_padding_bound(m, chunks, ep, dp_cp, edp, dense + expert,
+                                                options.overlap_grad_reduce, options.ddp_bucket_size)
+    pad_dense, pad_expert = np.where(dist, pad_dense, 0), np.where(dist, pad_expert, 0)
+    optimizer = OPTIMIZER_BYTES * (np.where(dist, np.minimum(in_dense, (in_dense + pad_dense) / dp_cp), in_dense) +
+                                   np.where(dist, np.minimum(in_expert, (in_expert + pad_expert) / edp), in_expert))
     return {
         "num_parameters": dense + expert,
         # GEMM weights take TE's FP8 bytes instead of bf16 (memory_fp8.py); the rest stays bf16.
         "weights": BF16 * (dense + expert) + (gemm_weight_bytes_per_element(
             workload.precision == "fp8", options.fp8_param, needs_fp8_transpose(gpu_name)) - BF16) * params["gemm"],
-        "gradients": (FP32 if options.grad_reduce_in_fp32 else BF16) * (dense + expert),
+        "gradients": _grad_bytes(options) * (dense + expert + pad_dense + pad_expert),
         "optimizer": optimizer,
         "activations": _activations_per_stage(m, rows, chunks, workload, options),
     }
@@ -282,6 +312,11 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, over
                     int(p.use_distributed_optimizer), recompute, job.num_gpus, p.pp, job.workload.global_batch_size)
     chunks = chunk_layers(model.num_layers, model.num_dense_layers, _split_only(p))
     b = _stage_bytes(model, rows, chunks, job.workload, options, cluster.gpu.name)
+    # The exact grad buffers and optimizer shards of each stage's most loaded rank, in place of the
+    # batch path's padding bound.
+    exact = stage_buffers(model, job, options.overlap_grad_reduce, options.ddp_bucket_size)
+    b["gradients"] = np.asarray([[_grad_bytes(options) * s.grad_buffer_numel for s in exact]], dtype=np.float64)
+    b["optimizer"] = np.asarray([[OPTIMIZER_BYTES * s.optimizer_numel for s in exact]], dtype=np.float64)
     stages = []
     for r in range(p.pp):
         parts = {k: float(np.asarray(v)[0, r]) for k, v in b.items()}

@@ -28,7 +28,10 @@ def _space(model_name: str, gpus: int, seq: int, gbs: int):
 
 
 @pytest.mark.parametrize("model_name,gpus,seq,gbs", SPACES)
-def test_batch_equals_scalar_on_every_feasible_config(model_name, gpus, seq, gbs):
+def test_batch_bounds_scalar_on_every_feasible_config(model_name, gpus, seq, gbs):
+    """The batch path differs from estimate_memory only by bounding the distributed optimizer's
+    buffer padding instead of laying it out (memory.py docstring): never below, and the padding is
+    a few elements per param tensor, well under 0.1% of a GPU's memory."""
     space = _space(model_name, gpus, seq, gbs)
     assert space.num_feasible > 0
     batch = peak_memory_gib_batch(space.model, space.cluster, space.workload, space.knobs)
@@ -37,7 +40,8 @@ def test_batch_equals_scalar_on_every_feasible_config(model_name, gpus, seq, gbs
     idx = range(space.num_feasible) if space.num_feasible <= 3000 else rng.choice(space.num_feasible, 400, False)
     for i in idx:
         est = estimate_memory(space.model, space.cluster, space.job(int(i)))
-        assert batch[i] == pytest.approx(est.peak_memory_gib, rel=1e-12), space.job(int(i)).parallel.canonical_key()
+        key = space.job(int(i)).parallel.canonical_key()
+        assert est.peak_memory_gib * (1 - 1e-12) <= batch[i] <= est.peak_memory_gib * (1 + 1e-3), key
 
 
 def test_scoring_the_qwen3_235b_space_gives_a_finite_peak_per_config():
@@ -84,15 +88,15 @@ def test_more_expert_parallelism_never_increases_weights(model_name):
     assert all(b < a for a, b in zip(weights, weights[1:])), weights
 
 
-@pytest.mark.parametrize("model_name,kw", [
-    ("llama3-70b", dict(tensor_model_parallel_size=8, pipeline_model_parallel_size=4, sequence_parallel=True)),
-    ("qwen3-30b-a3b", dict(expert_model_parallel_size=8, pipeline_model_parallel_size=2)),
-    ("deepseek-v2-lite", dict(tensor_model_parallel_size=2, expert_model_parallel_size=4, sequence_parallel=True,
-                              pipeline_model_parallel_size=3, virtual_pipeline_model_parallel_size=3)),
+@pytest.mark.parametrize("model_name,gpus,kw", [
+    ("llama3-70b", 64, dict(tensor_model_parallel_size=8, pipeline_model_parallel_size=4, sequence_parallel=True)),
+    ("qwen3-30b-a3b", 64, dict(expert_model_parallel_size=8, pipeline_model_parallel_size=2)),
+    ("deepseek-v2-lite", 48, dict(tensor_model_parallel_size=2, expert_model_parallel_size=4, sequence_parallel=True,
+                                  pipeline_model_parallel_size=3, virtual_pipeline_model_parallel_size=3)),
 ])
-def test_distributed_optimizer_and_recompute_never_increase_memory(model_name, kw):
+def test_distributed_optimizer_and_recompute_never_increase_memory(model_name, gpus, kw):
     def est(**extra):
-        model, cluster, job = _job(model_name, 64, **{**kw, **extra})
+        model, cluster, job = _job(model_name, gpus, **{**kw, **extra})
         return estimate_memory(model, cluster, job)
 
     dist, plain = est(use_distributed_optimizer=True), est(use_distributed_optimizer=False)
