@@ -88,8 +88,12 @@ def recipe_memory_options(fields: dict[str, str]) -> tuple[MemoryOptions, list[s
         unmodelled.append("CPU offload")
     if "peft" in fields["function"]:
         unmodelled.append("LoRA/PEFT: frozen base weights have no grads or optimizer state; we charge them")
-    if "fp8" in fields["function"]:
-        unmodelled.append("FP8 weight caches")
+    # FP8 weights and saved inputs are modelled (autotune/memory_fp8.py) for per-tensor scaling. The perf
+    # recipes set first_last_layers_bf16=False (perf_recipes/_common.py _perf_precision), so every layer is FP8.
+    if "_fp8sc_" in fields["function"]:  # kimi/h100/kimi_k2.py:120, qwen/h100/qwen3_moe.py:437
+        unmodelled.append("FP8 blockwise scaling: per-block scales (modelled as per-tensor)")
+    elif "_fp8ds_" in fields["function"]:  # qwen/h100/qwen3_moe.py:132
+        unmodelled.append("FP8 delayed scaling: amax histories")
     # Megatron-Bridge perf recipes reduce gradients in bf16 (perf_recipes/_common.py) except Kimi K2 (fp32).
     opts = MemoryOptions(recompute_modules=modules or ("core_attn",), recompute_num_layers=num_layers,
                          grad_reduce_in_fp32="kimi" in fields["function"])
