@@ -5,17 +5,19 @@
         --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --master-port 29500
 
 torchrun runs in its own session; on the time limit the whole tree is ended (SIGTERM, then
-SIGKILL). Per-rank logs go to `<out>.logs/`. If rank 0 wrote no result, the launcher writes one
+SIGKILL), and nothing of the trial outlives the launcher either (see trial_runner.procs). Per-rank logs go to `<out>.logs/`. If rank 0 wrote no result, the launcher writes one
 from the evidence: timeout, the first failing rank's own report and log tail, or launch_failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from trial_runner import procs
@@ -105,14 +107,17 @@ def run_trial(spec: TrialSpec, nproc: int, out_path: str | os.PathLike, *, nnode
     argv = torchrun_argv(spec_path, out_path, work / "ranks", nproc, nnodes=nnodes, node_rank=node_rank,
                          master_addr=master_addr, master_port=master_port, python=python)
     t0 = time.time()
+    token = uuid.uuid4().hex
     env = dict(os.environ, TRIAL_RUNNER_LAUNCH_T0=repr(t0),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")])))
+               PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")])),
+               **{procs.LAUNCHER_ENV: procs.identity(os.getpid()), procs.TRIAL_TOKEN_ENV: token})
     base = dict(config_key=spec.job.parallel.canonical_key(), num_ranks=spec.num_ranks, backend=spec.backend)
     timed_out = False
     with open(torchrun_log, "w") as log:
         try:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=_REPO_ROOT,
-                                    start_new_session=True, preexec_fn=procs.die_with_parent)
+                                    start_new_session=True,
+                                    preexec_fn=functools.partial(procs.die_with_parent, expected_parent=os.getpid()))
         except OSError as exc:
             result = TrialResult(status="launch_failed", error=f"could not start torchrun: {exc}", **base)
             result.write_atomic(out_path)
@@ -123,7 +128,7 @@ def run_trial(spec: TrialSpec, nproc: int, out_path: str | os.PathLike, *, nnode
             timed_out = True
         finally:
             # Also on success: a worker that outlived torchrun must not survive the trial.
-            procs.kill_tree(proc.pid, grace_s=grace_s)
+            procs.kill_tree(proc.pid, grace_s=grace_s, token=token)
             proc.wait()
     total_s = time.time() - t0
     result = _compose(spec, nproc, out_path, work, torchrun_log, proc.returncode, timed_out, base)

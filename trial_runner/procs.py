@@ -3,13 +3,22 @@
 Killing torchrun's process group is not enough: torchrun starts each worker with
 start_new_session=True (torch/distributed/elastic/multiprocessing/subprocess_handler), so the
 workers live in their own groups. We snapshot the whole tree *before* signalling (once torchrun
-dies its workers are re-parented and can no longer be found from it) and signal every group.
+dies its workers are re-parented and can no longer be found from it) and signal every group. A
+process that left the tree anyway (its parent died first) is still found by the trial's token, an
+environment variable every process of the trial inherits.
+
+When the launcher itself is killed (SIGKILL of the search driver ends its Ray worker), nothing is
+left to run kill_tree. Then the chain is: torchrun dies by PR_SET_PDEATHSIG with the launcher, each
+rank by PR_SET_PDEATHSIG with torchrun, and each rank also watches the launcher's pid
+(`watch_launcher`), which covers the windows PDEATHSIG misses (a parent that died before the child
+called prctl, a rank's own children).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -61,14 +70,32 @@ def _signal_all(pids: set[int], sig: signal.Signals) -> None:
             pass
 
 
-def kill_tree(root: int, grace_s: float = 5.0) -> list[int]:
-    """SIGTERM `root` and every descendant's process group, then SIGKILL what is left after
-    `grace_s`. Returns every pid that was part of the tree, for callers that want to verify."""
-    known = {root, *descendants(root)}
+def carrying(token: str) -> list[int]:
+    """Live processes (of this user: others' environ cannot be read) whose environment has
+    TRIAL_TOKEN_ENV=token."""
+    needle = f"{TRIAL_TOKEN_ENV}={token}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0") and is_alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def kill_tree(root: int, grace_s: float = 5.0, token: str | None = None) -> list[int]:
+    """SIGTERM `root`, every descendant's process group and every process carrying `token`, then
+    SIGKILL what is left after `grace_s`. Returns every pid that was part of the tree, for callers
+    that want to verify."""
+    known = {root, *descendants(root), *(carrying(token) if token else ())}
     _signal_all(known, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         known |= {p for pid in list(known) if is_alive(pid) for p in descendants(pid)}
+        if token:
+            known |= set(carrying(token))
         if not any(is_alive(pid) for pid in known):
             return sorted(known)
         time.sleep(0.1)
@@ -79,18 +106,81 @@ def kill_tree(root: int, grace_s: float = 5.0) -> list[int]:
     return sorted(known)
 
 
-def die_with_parent(sig: int = 9) -> None:
+def die_with_parent(sig: int = signal.SIGKILL, expected_parent: int | None = None) -> None:
     """Ask Linux to send `sig` to this process when its parent exits (prctl PR_SET_PDEATHSIG).
 
     torchrun runs in its own session so the launcher can kill the whole group; but if the launcher
     itself is killed (SIGKILL of the search driver tears down its Ray worker), nothing would be left
     to enforce the time limit. With this, torchrun dies with the launcher and each rank with torchrun.
-    A no-op where prctl is unavailable.
+    A parent that died before prctl ran never sends the signal, so with `expected_parent` (the pid
+    that forked us) we check afterwards and end at once when we were already re-parented.
+    Linux sends the signal when the parent *thread* that forked us exits; the launcher forks from
+    the thread that then waits for torchrun, and torchrun from its main thread, so that thread
+    lives as long as the process. A no-op where prctl is unavailable.
     """
     import ctypes
 
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, sig, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        libc.prctl(1, int(sig), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os.kill(os.getpid(), sig)
+
+
+# Set by the launcher for torchrun and inherited by every rank: how a rank finds its launcher, and
+# how the launcher finds every process of its trial.
+LAUNCHER_ENV = "TRIAL_RUNNER_LAUNCHER"  # "<pid>:<start time>" of the launcher process
+TRIAL_TOKEN_ENV = "TRIAL_RUNNER_TOKEN"  # unique per trial launch
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot: with the pid, a name no later process reuses."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(raw[raw.rindex(")") + 2:].split()[19])  # field 22 of proc(5), counted after the comm field
+
+
+def identity(pid: int) -> str:
+    """'<pid>:<start ticks>' of a live process, for LAUNCHER_ENV."""
+    return f"{pid}:{_start_ticks(pid)}"
+
+
+def same_process_alive(ident: str) -> bool:
+    pid, _, ticks = ident.partition(":")
+    return is_alive(int(pid)) and str(_start_ticks(int(pid))) == ticks
+
+
+def _end_own_group() -> None:
+    # torchrun starts each rank as the leader of its own group, so the group is this rank and
+    # whatever it started; anywhere else (a rank run by hand) only this process is ended.
+    if os.getpgrp() == os.getpid():
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def watch_launcher(interval_s: float = 1.0) -> threading.Thread | None:
+    """In a rank: end this rank (and its process group) as soon as the launcher named by
+    LAUNCHER_ENV is gone, checked now and then every `interval_s` from a daemon thread.
+
+    Without it, a rank whose torchrun died before the rank set PDEATHSIG (it is set only once the
+    rank's Python is up) would run on with no one to enforce the time limit. Returns the thread,
+    or None when no launcher is named (a rank started by hand).
+    """
+    ident = os.environ.get(LAUNCHER_ENV)
+    if not ident:
+        return None
+    if not same_process_alive(ident):
+        _end_own_group()
+
+    def watch() -> None:
+        while same_process_alive(ident):
+            time.sleep(interval_s)
+        _end_own_group()
+
+    thread = threading.Thread(target=watch, name="launcher-watchdog", daemon=True)
+    thread.start()
+    return thread

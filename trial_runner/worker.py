@@ -16,6 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
+from trial_runner import procs
 from trial_runner.procs import die_with_parent
 from trial_runner.spec import PhaseTimings, TrialResult, TrialSpec, Versions
 
@@ -351,6 +352,7 @@ def _launch_s() -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()  # a rank never outlives its torchrun
+    procs.watch_launcher()  # nor its launcher, even when torchrun died before the line above ran
     t_start = time.time()
     os.environ["TRIAL_RUNNER_WORKER_T0"] = repr(t_start)
     parser = argparse.ArgumentParser(description=__doc__)
