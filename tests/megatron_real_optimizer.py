@@ -5,7 +5,7 @@ the largest case needs (torch.multiprocessing; gloo with a FileStore rendezvous 
 patches of trial_runner/cpu_compat.py); for each case, each of its `num_gpus` ranks builds its GPTModel chunks in bf16, wraps them as Megatron-LM does
 (Float16Module, then DistributedDataParallel with fp32 grad buffers), builds the optimizer with
 megatron.core.optimizer.get_megatron_optimizer(OptimizerConfig(optimizer='adam', bf16=True, ...)),
-trains one step, and reports in bytes:
+trains one step (one micro-batch through Megatron's schedule, 1F1B when PP > 1), and reports in bytes:
 
 - "master": the fp32 params the inner optimizer updates (distributed: this rank's shard; otherwise
   an fp32 copy of every local param);
@@ -30,6 +30,9 @@ import tempfile
 def _rank_main(rank: int, cases: list[dict], tmp: str) -> None:
     """One process serves every case (imports are the slow part); ranks beyond a case's world idle."""
     from trial_runner import cpu_compat
+    from trial_runner.procs import die_with_parent
+
+    die_with_parent()  # a rank never outlives the probe (e.g. when pytest's timeout kills it)
 
     mode = cpu_compat.enable()
     for i, case in enumerate(cases):
@@ -59,8 +62,8 @@ def _measure(rank: int, case: dict, store_path: str) -> dict:
     model_spec = ModelSpec.from_dict(case["model"])
     p = ParallelConfig(**case["parallel"])
     n, seq = case["num_gpus"], case["seq_length"]
-    if p.pp != 1 or p.cp != 1:
-        raise ValueError("this probe runs one stage without CP: pass pipeline and context parallel size 1")
+    if p.cp != 1 or p.virtual_pipeline_model_parallel_size:
+        raise ValueError("this probe runs neither CP nor the interleaved schedule: pass cp 1 and no vpp")
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=n)
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp, context_parallel_size=p.cp,

@@ -29,11 +29,12 @@ from tests.test_memory_megatron import SEQ, _models, _p
 REPO = Path(__file__).resolve().parent.parent
 FP32, BF16 = 4, 2
 
-# (model, world size, parallel config): one stage each (the probe runs no pipeline schedule).
+# (model, world size, parallel config); the probe runs neither CP nor the interleaved schedule.
 CASES = [
     ("dense", 2, _p()),  # DP2, distributed optimizer
     ("dense", 4, _p(tp=2)),  # DP2 x TP2
     ("moe", 4, _p(ep=2)),  # EP2: experts sharded over expert-DP 2, the rest over DP 4
+    ("dense-tied", 4, _p(pp=2)),  # DP2 x PP2, tied embeddings: each stage's copy in a bucket of its own
     ("dense-tied", 2, _p(dist=False)),  # no distributed optimizer
     ("moe", 4, _p(tp=2, ep=2, dist=False)),
 ]
@@ -79,8 +80,10 @@ def test_optimizer_state_and_grad_buffer_bytes_per_rank_equal_the_real_optimizer
 @pytest.mark.parametrize("index", range(len(CASES)), ids=IDS)
 def test_estimate_memory_equals_the_real_optimizer_on_the_most_loaded_rank(index, measured):
     name, n, p = CASES[index]
-    est = estimate_memory(_models()[name], ClusterSpec.build(n), _job(n, p))
-    real = measured[index]
-    (stage,) = est.stages
-    assert stage.optimizer_gib * GIB == max(r["master"] + r["exp_avg"] + r["exp_avg_sq"] for r in real)
-    assert stage.gradients_gib * GIB == max(r["grad_buffer"] for r in real)
+    job = _job(n, p)
+    est = estimate_memory(_models()[name], ClusterSpec.build(n), job)
+    per_stage = n // job.parallel.pp  # PP is the outermost rank dimension
+    for stage in est.stages:
+        real = measured[index][stage.stage * per_stage:(stage.stage + 1) * per_stage]
+        assert stage.optimizer_gib * GIB == max(r["master"] + r["exp_avg"] + r["exp_avg_sq"] for r in real)
+        assert stage.gradients_gib * GIB == max(r["grad_buffer"] for r in real)
