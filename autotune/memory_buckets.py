@@ -143,7 +143,8 @@ def chunk_tensors(m: ModelSpec, job: JobConfig, pp_rank: int, vp_rank: int) -> C
     p = job.parallel
     chunks = chunk_layers(m.num_layers, m.num_dense_layers, p)
     pre = pp_rank == 0 and vp_rank == 0
-    post = pp_rank == p.pp - 1 and vp_rank == p.vpp - 1
+    # chunks.vpp, not p.vpp: an explicit pipeline layout sets the number of virtual stages itself.
+    post = pp_rank == p.pp - 1 and vp_rank == chunks.vpp - 1
     h = m.hidden_size
     vocab_shard = -(-m.vocab_size // (128 * p.tp)) * 128 * h  # vocab padded to 128 x TP, then split by TP
     sizes: list[int] = []
@@ -246,7 +247,7 @@ def _per_stage(m: ModelSpec, job: JobConfig, overlap_grad_reduce: bool, bucket_s
     for stage in range(p.pp):
         grad = 0
         opt = {False: np.zeros(len(g), dtype=np.int64), True: np.zeros(len(g), dtype=np.int64)}
-        for v in range(p.vpp):
+        for v in range(chunk_layers(m.num_layers, m.num_dense_layers, p).vpp):
             c = chunk_tensors(m, job, stage, v)
             chunk_size = size if (stage == 0 and v == 0) else None
             for is_expert, group, rank_of in ((False, dp_cp, dense_rank), (True, edp, expert_rank)):

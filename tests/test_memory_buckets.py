@@ -56,3 +56,30 @@ def test_the_batch_bound_is_never_below_the_exact_layout(overlap):
     for i in range(0, space.num_feasible, max(1, space.num_feasible // 150)):
         exact = estimate_memory(model, cluster, space.job(i), options=options).peak_memory_gib
         assert exact * (1 - 1e-12) <= batch[i] <= exact * (1 + 1e-3), space.job(i).parallel.canonical_key()
+
+
+def _jobs_to_check(refdata):
+    from tests.recipes import load_recipes
+
+    for r in load_recipes(refdata):  # real recipes, explicit pipeline layouts among them
+        yield get_model(r.model), JobConfig(num_gpus=r.num_gpus, parallel=r.parallel, workload=r.workload)
+    for name, gpus in (("deepseek-v2-lite", 32), ("tiny-moe", 8)):
+        model = get_model(name)
+        space = enumerate_space(default_space(model), model, ClusterSpec.build(gpus),
+                                Workload(seq_length=4096, global_batch_size=128))
+        for i in range(0, space.num_feasible, max(1, space.num_feasible // 100)):
+            yield model, space.job(i)
+
+
+def test_the_laid_out_params_are_the_params_we_count(refdata):
+    """memory_buckets lists each chunk's tensors itself. Without the distributed optimizer a rank's
+    optimizer holds all of them, so per stage they must add up to parameters_per_stage (which
+    test_memory_megatron checks against Megatron), routed experts apart."""
+    for model, job in _jobs_to_check(refdata):
+        job = job.model_copy(update={"parallel": job.parallel.model_copy(update={"use_distributed_optimizer": False})})
+        ranks = rank_buffers(model, job)
+        for stage in parameters_per_stage(model, job):
+            key = f"{model.name} {job.parallel.canonical_key()} stage {stage.stage}"
+            for r in (r for r in ranks if r.stage == stage.stage):
+                assert r.grad_buffer_numel == r.optimizer_numel == stage.total, key
+                assert r.expert_optimizer_numel == (stage.expert if job.parallel.ep > 1 else 0), key
