@@ -297,8 +297,9 @@ def stage_padding_bound(m: ModelSpec, chunks: ChunkLayers, ep, dense_group, expe
 
     Each param adds < 64 elements of alignment, each bucket < lcm(group, 128). A chunk's buffer has
     one bucket, plus one for each side of a tied embedding/output weight (at most 3), plus one per
-    `bucket_size` elements with overlap_grad_reduce (default max(40M, 1M x DP) >= 40M). `ep`, `dense_group`, `expert_group` and
-    `num_params` broadcast against shape (n, 1) / (n, PP); the result has shape (n, PP). A rank's
+    `bucket_size` elements with overlap_grad_reduce (default max(40M, 1M x DP) >= 40M). `ep`,
+    `dense_group`, `expert_group` and `num_params` broadcast against shape (n, 1) / (n, PP); the
+    result has shape (n, PP). A rank's
     optimizer shard is at most (params + padding) / group of each buffer, and its grad buffer at
     most params + padding: peak_memory_gib_batch uses that, rank_buffers gives the exact numbers.
     """

@@ -2,10 +2,11 @@
 
 `python -m tests.megatron_real_optimizer < cases.json > results.json`. Spawns as many processes as
 the largest case needs (torch.multiprocessing; gloo with a FileStore rendezvous per case; the CPU
-patches of trial_runner/cpu_compat.py); for each case, each of its `num_gpus` ranks builds its GPTModel chunks in bf16, wraps them as Megatron-LM does
-(Float16Module, then DistributedDataParallel with fp32 grad buffers), builds the optimizer with
-megatron.core.optimizer.get_megatron_optimizer(OptimizerConfig(optimizer='adam', bf16=True, ...)),
-trains one step (one micro-batch through Megatron's schedule, 1F1B when PP > 1), and reports in bytes:
+patches of trial_runner/cpu_compat.py). For each case, each of its `num_gpus` ranks builds its
+GPTModel chunks in bf16, wraps them as Megatron-LM does (Float16Module, then DistributedDataParallel
+with fp32 grad buffers), builds the optimizer with megatron.core.optimizer.get_megatron_optimizer(
+OptimizerConfig(optimizer='adam', bf16=True, ...)), trains one step (one micro-batch through
+Megatron's schedule, 1F1B when PP > 1), and reports in bytes:
 
 - "master": the fp32 params the inner optimizer updates (distributed: this rank's shard; otherwise
   an fp32 copy of every local param);
