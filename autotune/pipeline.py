@@ -87,6 +87,15 @@ def split_error(num_layers: int, p: ParallelConfig) -> str | None:
     return None
 
 
+def megatron_virtual_stages(p: ParallelConfig) -> int | None:
+    """virtual_pipeline_model_parallel_size as Megatron runs it: an explicit layout sets it itself
+    (Megatron-LM arguments.py derives it from the layout's stage count; None when that is one per rank)."""
+    if p.pipeline_model_parallel_layout is None:
+        return p.virtual_pipeline_model_parallel_size
+    v = len(parse_layout(p.pipeline_model_parallel_layout)) // p.pp
+    return v if v > 1 else None
+
+
 def layers_per_chunk(num_layers: int, p: ParallelConfig) -> list[list[int]]:
     """Decoder layers built on [pp_rank][vpp_rank]. The config must be valid (see split_error)."""
     pp, v = p.pp, (p.vpp if p.pp > 1 else 1)

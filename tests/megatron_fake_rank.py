@@ -64,6 +64,7 @@ def run_case(case: dict) -> dict:
 
     from autotune.config import ParallelConfig
     from autotune.model_spec import ModelSpec
+    from autotune.pipeline import megatron_virtual_stages
     from trial_runner.model_builder import build_model_chunks, count_local_parameters
 
     model = ModelSpec.from_dict(case["model"])
@@ -75,7 +76,7 @@ def run_case(case: dict) -> dict:
         try:
             parallel_state.initialize_model_parallel(
                 tensor_model_parallel_size=parallel.tp, pipeline_model_parallel_size=parallel.pp,
-                virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
+                virtual_pipeline_model_parallel_size=megatron_virtual_stages(parallel),
                 context_parallel_size=parallel.cp, expert_model_parallel_size=parallel.ep,
                 expert_tensor_parallel_size=parallel.etp, create_gloo_process_groups=False)
             model_parallel_cuda_manual_seed(1234)

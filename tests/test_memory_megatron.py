@@ -84,8 +84,9 @@ CASES = [
     ("moe-dense-shared", 6, _p(pp=3, ep=2), {}),
     ("hf-qwen3-moe", 8, _p(tp=2, pp=2, ep=2), {}),
     ("hf-llama-tied", 4, _p(tp=2, pp=2), {}),
-    # Explicit pipeline layouts (virtual stages given as Megatron-LM derives them from the layout).
+    # Explicit pipeline layouts: virtual stages given, and (None) derived from the layout as Megatron-LM does.
     ("dense-tied", 4, _p(pp=2, vpp=2, pipeline_model_parallel_layout="Ettt|tt|t|ttL"), {}),
+    ("dense", 4, _p(pp=2, pipeline_model_parallel_layout="Ett|ttt|tt|tL"), {}),
     ("moe", 4, _p(pp=2, vpp=2, ep=2, pipeline_model_parallel_layout="Et|tt|tt|tL"), {}),
     # Data-parallel layouts: DP x CP groups, a DP that is not a power of two (lcm(DP, 128) padding).
     ("dense", 8, _p(tp=2, cp=2), {}),

@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 
 from autotune.config import ParallelConfig
+from autotune.pipeline import megatron_virtual_stages
 from autotune.model_spec import ModelSpec
 
 LayerSpecKind = Literal["transformer_engine", "local"]
@@ -70,7 +71,7 @@ def transformer_config(model: ModelSpec, parallel: ParallelConfig, *, seq_length
         attention_dropout=0.0,
         tensor_model_parallel_size=parallel.tp,
         pipeline_model_parallel_size=parallel.pp,
-        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=megatron_virtual_stages(parallel),
         context_parallel_size=parallel.cp,
         expert_model_parallel_size=parallel.ep,
         expert_tensor_parallel_size=parallel.etp,
@@ -170,7 +171,7 @@ def build_model_chunks(model: ModelSpec, parallel: ParallelConfig, *, seq_length
     config = transformer_config(model, parallel, seq_length=seq_length, dtype=dtype,
                                 use_cpu_initialization=use_cpu_initialization, fp8=fp8)
     vocab = padded_vocab_size(model.vocab_size, parallel.tp)
-    vpp = parallel.virtual_pipeline_model_parallel_size
+    vpp = megatron_virtual_stages(parallel)  # an explicit layout sets the chunk count itself
     chunks: list[torch.nn.Module] = []
     for vp_stage in (range(vpp) if vpp else [None]):
         chunk = GPTModel(

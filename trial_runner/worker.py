@@ -16,6 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
+from autotune.pipeline import megatron_virtual_stages
 from trial_runner import procs
 from trial_runner.procs import die_with_parent
 from trial_runner.spec import PhaseTimings, TrialResult, TrialSpec, Versions
@@ -120,7 +121,7 @@ class Trial:
         try:
             parallel_state.initialize_model_parallel(
                 tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp,
-                virtual_pipeline_model_parallel_size=p.virtual_pipeline_model_parallel_size,
+                virtual_pipeline_model_parallel_size=megatron_virtual_stages(p),
                 context_parallel_size=p.cp, expert_model_parallel_size=p.ep, expert_tensor_parallel_size=p.etp,
             )
         except (ValueError, AssertionError, RuntimeError) as exc:
@@ -238,7 +239,7 @@ class Trial:
         for m in self.model:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
-        vpp = p.virtual_pipeline_model_parallel_size
+        vpp = megatron_virtual_stages(p)
         iterators = [iter(batches) for _ in self.model] if vpp else iter(batches)
         reports = get_forward_backward_func()(
             forward_step_func=self._forward_step,

@@ -30,6 +30,9 @@ MATRIX = {
     "dp2_recompute_full": ("tiny-dense", 2, dict(recompute_granularity="full", use_distributed_optimizer=False)),
     # A CP group without global rank 0 (ranks {2, 3}): regression for the gloo all-gather backward.
     "cp2_ep4_moe": ("tiny-moe", 4, dict(context_parallel_size=2, expert_model_parallel_size=4)),
+    # An explicit layout with two stages per rank and no VPP given: interleaved, as Megatron-LM derives it.
+    "pp2_layout": ("tiny-dense", 2, dict(pipeline_model_parallel_size=2,
+                                         pipeline_model_parallel_layout="Ett|ttt|tt|tL")),
 }
 DEFAULT = ["tp1", "tp2", "pp2_vpp2", "ep2_moe", "cp2"]
 SLOW = [name for name in MATRIX if name not in DEFAULT]
@@ -98,7 +101,7 @@ def test_tp2_pp2_parameters_sum_to_the_analytic_count(trials, make_spec):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("name", DEFAULT)
+@pytest.mark.parametrize("name", DEFAULT + [pytest.param("pp2_layout", marks=pytest.mark.slow)])
 def test_parameters_per_rank_equal_the_memory_model(trials, make_spec, name):
     """The parameters each real rank allocated equal the memory model's count for the most loaded
     rank of its stage (ranks are stage-major in Megatron's tp-cp-ep-dp-pp order)."""
