@@ -5,24 +5,32 @@
 counts taken from pipeline.layers_per_chunk) and returns a frozen `CostEstimate`.
 
 Model (the physical work comes from cost_terms.py; here it becomes seconds):
-- GEMMs: FLOPs / (peak of the precision x efficiency) + a roofline memory term (bytes / HBM
-  bandwidth x weight), so the small shards of a large TP/EP/ETP or small micro-batch run less
-  efficiently. Core attention is flash attention in bf16 at its own efficiency; backward = 2x GEMMs
-  and 2.5x attention (flash-attention backward runs five GEMMs to the forward's two).
+- GEMMs: a roofline per GEMM, the longer of FLOPs / (peak of the precision x efficiency) and operand
+  bytes / HBM bandwidth x weight, so only small shards (large TP/EP/ETP, few tokens per expert) turn
+  memory-bound and a big GEMM gains nothing from a larger micro-batch. fp8 adds Transformer Engine's
+  quantised copies of the GEMM inputs. Core attention is flash attention in bf16 at its own
+  efficiency, lower on short key ranges (CP ring steps); backward = 2x GEMMs and 2.5x attention
+  (flash-attention backward runs five GEMMs to the forward's two).
 - Memory-bound work (norms, activations, MoE permutation, cross-entropy) at HBM bandwidth.
-- TP collectives (all-reduce, or all-gather + reduce-scatter with SP; same bytes) forward and
-  backward, NVLink inside the NVLink domain, only a fitted exposed fraction counted (TP overlap).
-- CP ring exchange of K,V, hidden behind the attention compute where it can be.
+- TP collectives (all-reduce, or all-gather + reduce-scatter with SP; same bytes), NVLink inside the
+  NVLink domain. Backward ones overlap the weight-gradient GEMM; forward ones are exposed unless TP comm
+  overlap (userbuffers) pipelines them in TP chunks. No fitted constant.
+- CP ring exchange of K,V, hidden behind the attention compute where it can be, plus each ring step's
+  fp32 output correction.
 - EP all-to-all dispatch + combine of tokens x top-k x hidden, NVLink / NIC by placement, times a
-  fitted factor for load imbalance and dispatcher overhead.
+  fitted dispatcher factor and a load-imbalance factor (the busiest of EP ranks sets the pace).
 - Recompute: selective re-runs core attention forward, full re-runs the whole layer forward.
 - Pipeline: m micro-batches at the pace of the slowest stage, plus the fill/drain bubble
   (PP-1)/VPP x the mean stage time (Narayanan et al. 2021, arXiv 2104.04473 Sec. 2.2: bubble
-  fraction (p-1)/m for 1F1B, (p-1)/(v.m) interleaved), plus the activation sends.
+  fraction (p-1)/m for 1F1B, (p-1)/(v.m) interleaved), plus the activation sends (VPP of them per
+  micro-batch with interleaving, overlapped with compute there).
 - DP: gradient reduce-scatter + parameter all-gather (distributed optimizer) or all-reduce, over DP
-  for dense and EDP for expert params; overlapped with the last micro-batch's backward / the first
-  micro-batch's forward, only the exposed part counted.
+  for dense and EDP for expert params, in the gradient dtype of the run; overlapped with the last
+  micro-batch's backward / the first micro-batch's forward, only the exposed part counted.
 - Optimizer: Adam over the local shard, memory-bound.
+
+The Megatron options the knobs do not carry (overlaps, gradient dtype, forced balanced routing) come in
+a `RunOptions`.
 
 Throughput is tokens/s/GPU; model TFLOP/s use flops.py (causal attention halved, no recompute).
 MFU is model TFLOP/s over the dense peak of the training precision.
@@ -46,6 +54,12 @@ from autotune.pipeline import layers_per_chunk
 BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "pipeline_bubble", "p2p",
                   "dp_comm_exposed", "optimizer")
 
+# Flash attention runs below its peak on short key ranges (tile start-up, the masked diagonal tiles of a
+# causal mask): FlashAttention-2 (Dao 2023, arXiv 2307.08691, Figs. 4-6) reaches ~70% of its long-sequence
+# causal fwd+bwd throughput at 512 keys and ~95% at 4k; L / (L + 200) follows that curve. It matters for
+# CP, whose ring steps each see s/CP keys.
+FLASH_HALF_EFFICIENCY_KEYS = 200.0
+
 
 @dataclass(frozen=True, kw_only=True)
 class CostConstants:
@@ -56,8 +70,8 @@ class CostConstants:
     gemm_memory_weight: float  # weight of the GEMM roofline memory term (small-shard penalty)
     attention_efficiency: float  # fraction of the bf16 peak flash attention reaches
     elementwise_passes: float  # multiplier on the estimated memory-bound bytes per layer
-    tp_comm_exposed: float  # fraction of TP/ETP collective time not hidden by overlap
-    moe_dispatch_overhead: float  # multiplier on EP all-to-all time: imbalance raises it, overlap lowers it
+    moe_dispatch_overhead: float  # multiplier on EP all-to-all time (dispatcher overhead; overlap lowers it)
+    expert_load_cv: float  # coefficient of variation of one routed expert's token load (dropless routing)
     network_efficiency: float  # achieved fraction of the nominal NVLink / NIC bandwidth
 
     def to_dict(self) -> dict[str, float]:
@@ -75,6 +89,21 @@ class CostConstants:
         if bad:
             raise ConfigError(f"cost constants must be positive, got {', '.join(f'{k}={values[k]}' for k in bad)}")
         return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """Megatron options of a run that the parallel knobs do not carry but its step time depends on.
+
+    The defaults are the settings of NVIDIA's tuned perf recipes (Megatron-Bridge perf_recipes), where
+    every overlap is on.
+    """
+
+    overlap_grad_reduce: bool = True  # DDP overlaps grad reduce-scatter / param all-gather (False: 'local' DDP)
+    grad_reduce_in_fp32: bool = True  # DDP reduces gradients in fp32 (4 bytes) or in bf16 (2 bytes)
+    tp_comm_overlap: bool = True  # Transformer Engine userbuffers overlap TP collectives with GEMMs
+    overlap_p2p_comm: bool = True  # the interleaved schedule's pipeline sends overlap compute
+    force_balanced_routing: bool = False  # moe_router_force_load_balancing (benchmark runs): no expert imbalance
 
 
 def _packaged_constants() -> CostConstants:
@@ -97,7 +126,7 @@ class CostEstimate:
 
 
 def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Workload,
-            c: CostConstants, overlap_grad_reduce: bool = True) -> dict[str, np.ndarray]:
+            c: CostConstants, options: RunOptions = RunOptions()) -> dict[str, np.ndarray]:
     """Seconds from physical work: step_time_s and its breakdown, one array entry per config."""
     gpu = cluster.gpu
     fp8 = workload.precision == "fp8"
@@ -108,23 +137,40 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
     net = c.network_efficiency
 
     def layer(w):
-        gemm = w.linear_flops / (peak_lin * eff_lin) + c.gemm_memory_weight * w.linear_bytes / hbm
-        attn = w.attention_flops / (peak_bf16 * c.attention_efficiency)
-        elem = c.elementwise_passes * w.elementwise_bytes / hbm
-        tp = c.tp_comm_exposed * w.tp_link_s / net
-        ep = c.moe_dispatch_overhead * w.ep_link_s / net
+        # Roofline: a GEMM takes the longer of its math and its operand traffic, so only small shards
+        # (large TP/EP/ETP, few tokens per expert) turn memory-bound; a big GEMM gains nothing from a
+        # larger micro-batch.
+        per_gemm = np.maximum(w.linear_flops / (peak_lin * eff_lin), c.gemm_memory_weight * w.linear_bytes / hbm)
+        imbalance = 1.0 + (0.0 if options.force_balanced_routing else c.expert_load_cv) * w.imbalance_spread
+        gemm = np.where(w.routed_gemms[:, None], per_gemm * imbalance, per_gemm).sum(axis=0) + w.cast_bytes / hbm
+        keys = w.attention_key_len
+        attn = w.attention_flops / (peak_bf16 * c.attention_efficiency * keys / (keys + FLASH_HALF_EFFICIENCY_KEYS))
+        elem = c.elementwise_passes * w.elementwise_bytes / hbm + w.cp_correction_bytes / hbm
+        # TP collectives. Backward: Megatron overlaps the input-gradient all-reduce / reduce-scatter with
+        # the weight-gradient GEMM (megatron/core/tensor_parallel/layers.py,
+        # LinearWithGradAccumulationAndAsyncCommunication), so only what outlasts that GEMM is exposed.
+        # Forward: Transformer Engine's userbuffers overlap (tp_comm_overlap) splits each GEMM into TP
+        # chunks and moves chunk i+1 while chunk i computes, leaving the first chunk's transfer (and any
+        # transfer that outlasts the GEMMs) exposed; without it the forward collectives are all exposed.
+        tp_all = w.tp_link_s / net
+        tp_chunked = tp_all / w.tp + np.maximum(tp_all * (w.tp - 1) / w.tp - gemm, 0.0)
+        tp_f = tp_chunked if options.tp_comm_overlap else tp_all
+        tp_b = tp_chunked if options.tp_comm_overlap else np.maximum(tp_all - gemm, 0.0)
+        # EP all-to-all: the NVLink and NIC parts run at once; the slower sets the time.
+        ep = c.moe_dispatch_overhead * imbalance * np.maximum(w.ep_nvlink_s, w.ep_internode_s) / net
         cp_f = np.maximum(w.cp_link_s / net - attn, 0.0)
         cp_b = np.maximum(2 * w.cp_link_s / net - 2.5 * attn, 0.0)
         compute_f, compute_b = gemm + attn + elem, 2 * gemm + 2.5 * attn + 2 * elem
-        fwd = compute_f + tp + ep + cp_f
-        recompute = np.where(work.recompute == 2, fwd, np.where(work.recompute == 1, attn, 0.0))
-        return {"compute": compute_f + compute_b, "recompute": recompute, "tp_comm": 2 * tp + np.where(
-            work.recompute == 2, tp, 0.0), "cp_comm": cp_f + cp_b, "ep_comm": 2 * ep + np.where(
+        fwd = compute_f + tp_f + ep + cp_f
+        # Full recompute re-runs the forward: its compute here, its TP / EP time under those keys.
+        recompute = np.where(work.recompute == 2, compute_f + cp_f, np.where(work.recompute == 1, attn, 0.0))
+        return {"compute": compute_f + compute_b, "recompute": recompute, "tp_comm": tp_f + tp_b + np.where(
+            work.recompute == 2, tp_f, 0.0), "cp_comm": cp_f + cp_b, "ep_comm": 2 * ep + np.where(
             work.recompute == 2, ep, 0.0)}
 
     dense, moe = layer(work.dense), layer(work.moe)
-    logits = 3 * (work.logits_flops / (peak_bf16 * c.gemm_efficiency) + c.gemm_memory_weight * work.logits_bytes
-                  / hbm) + c.elementwise_passes * work.loss_bytes / hbm
+    logits = 3 * np.maximum(work.logits_flops / (peak_bf16 * c.gemm_efficiency), c.gemm_memory_weight
+                            * work.logits_bytes / hbm) + work.loss_bytes / hbm
 
     def stage(n_dense, n_moe, with_logits):
         parts = {key: n_dense * dense[key] + n_moe * moe[key] for key in dense}
@@ -153,13 +199,22 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
     bubble = (pp - 1) / work.vpp * t_sum / pp
 
     # DP overlap windows: the last micro-batch's backward and the first one's forward on the slowest stage.
-    bwd_share = 2.0 / 3.0 if overlap_grad_reduce else 0.0
-    fwd_share = 1.0 / 3.0 if overlap_grad_reduce else 0.0
+    bwd_share = 2.0 / 3.0 if options.overlap_grad_reduce else 0.0
+    fwd_share = 1.0 / 3.0 if options.overlap_grad_reduce else 0.0
     rs = np.maximum(work.dp_reduce_link_s / net - bwd_share * t_max, 0.0)
     ag = np.maximum(work.dp_gather_link_s / net - fwd_share * t_max, 0.0)
     out = {key: m * np.choose(slowest, [s[key] for s in stages]) for key in stages[0]}
     out["pipeline_bubble"] = bubble
-    out["p2p"] = 2 * m * work.p2p_link_s / net
+    # Point-to-point sends: with VPP chunks a micro-batch crosses VPP chunk boundaries per GPU in each
+    # direction, so the interleaved schedule sends VPP times as often (Narayanan et al. 2021, arXiv
+    # 2104.04473 Sec. 2.2.2: "the amount of communication also increases by v"), but Megatron-LM overlaps
+    # those sends with the next chunk's compute (--overlap-p2p-communication, on by default for the
+    # interleaved schedule); only what outlasts one chunk's forward is exposed. 1F1B sends, and all sends
+    # with overlap_p2p_comm=False (megatron/core/model_parallel_config.py's default), are blocking.
+    send = work.p2p_link_s / net
+    chunk_fwd = t_max / (3 * work.vpp)
+    overlapped = (work.vpp > 1) & options.overlap_p2p_comm
+    out["p2p"] = 2 * m * np.where(overlapped, work.vpp * np.maximum(send - chunk_fwd, 0.0), work.vpp * send)
     out["dp_comm_exposed"] = rs + ag
     out["optimizer"] = work.optimizer_bytes / hbm
     out["step_time_s"] = sum(out[k] for k in BREAKDOWN_KEYS)
@@ -181,19 +236,18 @@ def _finish(out: dict[str, np.ndarray], model: ModelSpec, cluster: ClusterSpec,
 
 
 def predict_batch(model: ModelSpec, cluster: ClusterSpec, workload: Workload, knobs: C.Knobs,
-                  constants: CostConstants | None = None, overlap_grad_reduce: bool = True) -> dict[str, np.ndarray]:
+                  constants: CostConstants | None = None, options: RunOptions = RunOptions()) -> dict[str, np.ndarray]:
     """Predicted step_time_s, tokens_per_s_per_gpu, model_tflops_per_gpu, mfu and the breakdown keys.
 
     `knobs` holds equal-length arrays (a SpaceResult's feasible configs); configs must be feasible.
-    `overlap_grad_reduce=False` counts all DP communication as exposed (Megatron's 'local' DDP).
     """
     c = constants or _packaged_constants()
-    work = step_work(model, cluster, workload, knobs)
-    return _finish(combine(work, model, cluster, workload, c, overlap_grad_reduce), model, cluster, workload)
+    work = step_work(model, cluster, workload, knobs, grad_reduce_in_fp32=options.grad_reduce_in_fp32)
+    return _finish(combine(work, model, cluster, workload, c, options), model, cluster, workload)
 
 
 def predict(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, constants: CostConstants | None = None,
-            overlap_grad_reduce: bool = True) -> CostEstimate:
+            options: RunOptions = RunOptions()) -> CostEstimate:
     """One config, through the same arithmetic as predict_batch, with Megatron's real stage layer counts."""
     p = job.parallel
     knobs = C.Knobs(**{k: np.asarray([v]) for k, v in vars(C.Knobs.of(p)).items()})
@@ -202,8 +256,9 @@ def predict(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, constants: C
     stage_layers = (np.asarray([float(per_stage[0])]), np.asarray([float(middle)]),
                     np.asarray([float(per_stage[-1])]))
     c = constants or _packaged_constants()
-    work = step_work(model, cluster, job.workload, knobs, stage_layers=stage_layers)
-    out = _finish(combine(work, model, cluster, job.workload, c, overlap_grad_reduce), model, cluster, job.workload)
+    work = step_work(model, cluster, job.workload, knobs, stage_layers=stage_layers,
+                     grad_reduce_in_fp32=options.grad_reduce_in_fp32)
+    out = _finish(combine(work, model, cluster, job.workload, c, options), model, cluster, job.workload)
     return CostEstimate(
         step_time_s=float(out["step_time_s"][0]), tokens_per_s_per_gpu=float(out["tokens_per_s_per_gpu"][0]),
         model_tflops_per_gpu=float(out["model_tflops_per_gpu"][0]), mfu=float(out["mfu"][0]),

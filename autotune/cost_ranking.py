@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from autotune.cost import CostConstants, predict_batch
+from autotune.cost import CostConstants, RunOptions, predict_batch
+from autotune.memory import MemoryOptions, peak_memory_gib_batch
 from autotune.space import SpaceResult
 
 PREDICTED_FIELDS = ("tokens_per_s_per_gpu", "step_time_s", "mfu", "peak_memory_gib")
@@ -35,10 +36,18 @@ class RankedSpace:
                 "peak_memory_gib": round(float(self.peak_memory_gib[i]), 2), "fits_memory": bool(self.fits_memory[i])}
 
 
-def rank_space(result: SpaceResult, constants: CostConstants | None = None) -> RankedSpace:
-    from autotune.memory import peak_memory_gib_batch
-    pred = predict_batch(result.model, result.cluster, result.workload, result.knobs, constants)
-    mem = peak_memory_gib_batch(result.model, result.cluster, result.workload, result.knobs)
+def rank_space(result: SpaceResult, constants: CostConstants | None = None, *,
+               memory_options: MemoryOptions | None = None) -> RankedSpace:
+    """Scores every feasible config of `result`.
+
+    Pass the `memory_options` given to enumerate_space (SpaceResult does not record them), so that the
+    predicted peak memory and `fits_memory` use the same gradient dtype and recompute modules as the
+    memory rule that built the space; the gradient dtype also sets the DP reduction volume.
+    """
+    opts = memory_options or MemoryOptions()
+    pred = predict_batch(result.model, result.cluster, result.workload, result.knobs, constants,
+                         RunOptions(grad_reduce_in_fp32=opts.grad_reduce_in_fp32))
+    mem = peak_memory_gib_batch(result.model, result.cluster, result.workload, result.knobs, options=opts)
     fits = mem <= result.cluster.gpu.usable_memory_gib
     # lexsort: last key is primary. Fitting configs first, then fastest; ties keep enumeration order.
     order = np.lexsort((np.arange(result.num_feasible), -pred["tokens_per_s_per_gpu"], ~fits))

@@ -42,13 +42,20 @@ def padded_vocab(model: ModelSpec, tp: np.ndarray) -> np.ndarray:
 class LayerWork:
     """Forward work of one decoder layer for one micro-batch on one GPU."""
 
-    linear_flops: np.ndarray  # GEMMs that run in the training precision
-    linear_bytes: np.ndarray  # operand + result bytes of those GEMMs (the roofline memory term)
+    linear_flops: np.ndarray  # (GEMMs, configs): each GEMM that runs in the training precision
+    linear_bytes: np.ndarray  # (GEMMs, configs): operand + result bytes of each (its roofline memory term)
+    routed_gemms: np.ndarray  # (GEMMs,) bool: routed-expert GEMMs, slowed by load imbalance
+    imbalance_spread: np.ndarray  # busiest EP rank's load above the mean, per unit of per-expert CV
+    cast_bytes: np.ndarray  # fp8 only: the quantised copies of the GEMM inputs Transformer Engine writes
     attention_flops: np.ndarray  # core attention (flash attention, always bf16)
-    elementwise_bytes: np.ndarray  # norms, residuals, activation functions, MoE permutation
+    elementwise_bytes: np.ndarray  # norms, residuals, activation functions, MoE permutation (rough: scaled by a fit)
+    cp_correction_bytes: np.ndarray  # CP ring attention's per-step fp32 output rescaling (counted exactly)
+    tp: np.ndarray  # tensor-parallel degree (the number of chunks TP comm overlap pipelines)
     tp_link_s: np.ndarray  # TP (and ETP) collectives at nominal link bandwidth
     cp_link_s: np.ndarray  # CP ring exchange of K,V at nominal link bandwidth
-    ep_link_s: np.ndarray  # EP all-to-all dispatch + combine at nominal link bandwidth
+    ep_nvlink_s: np.ndarray  # EP all-to-all dispatch + combine: the part to peers in the NVLink domain
+    ep_internode_s: np.ndarray  # ... and the part to peers on other nodes (through the NIC), both nominal
+    attention_key_len: np.ndarray  # keys one flash-attention call sees (s, or s/CP per ring step)
 
 
 def _link_bw(span: np.ndarray, domain: int, cluster: ClusterSpec) -> np.ndarray:
@@ -58,14 +65,30 @@ def _link_bw(span: np.ndarray, domain: int, cluster: ClusterSpec) -> np.ndarray:
 
 
 class _Gemms:
-    def __init__(self, bytes_per_element: float):
-        self.flops: np.ndarray | float = 0.0
-        self.bytes: np.ndarray | float = 0.0
-        self.bpe = bytes_per_element
+    """The GEMMs of one layer, kept apart so each one gets its own roofline (cost.combine)."""
 
-    def add(self, m, k, n, count=1.0) -> None:
-        self.flops = self.flops + 2.0 * m * k * n * count
-        self.bytes = self.bytes + (m * k + k * n + m * n) * self.bpe * count
+    def __init__(self, bytes_per_element: float, fp8: bool):
+        self.flops: list = []
+        self.bytes: list = []
+        self.routed: list[bool] = []  # routed-expert GEMMs: their load follows the router
+        self.cast_bytes: np.ndarray | float = 0.0
+        self.bpe = bytes_per_element
+        self.fp8 = fp8
+
+    def add(self, m, k, n, count=1.0, routed: bool = False) -> None:
+        self.routed.append(routed)
+        self.flops.append(2.0 * m * k * n * count)
+        self.bytes.append((m * k + k * n + m * n) * self.bpe * count)
+        if self.fp8:
+            # Transformer Engine quantises each GEMM's activation input to fp8 and also writes its
+            # transpose for the weight-gradient GEMM (transformer_engine/pytorch/module/linear.py):
+            # 2 bytes written per input element, beyond what the bf16 GEMM touches. Weights are cast once
+            # per step (is_first_microbatch caching) and not counted.
+            self.cast_bytes = self.cast_bytes + 2.0 * m * k * count
+
+    def stacked(self, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (np.stack([np.broadcast_to(f, shape) for f in self.flops]),
+                np.stack([np.broadcast_to(b, shape) for b in self.bytes]), np.asarray(self.routed, dtype=bool))
 
 
 def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.Knobs, moe_layer: bool) -> LayerWork:
@@ -75,7 +98,7 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
     tokens = np.asarray(k.mbs, dtype=float) * s / cp  # per micro-batch on one CP rank
     tokens_sp = np.where(sp, tokens / tp, tokens)  # what norms/residuals touch on one TP rank
     domain = cluster.nvlink_domain_size
-    g = _Gemms(1.0 if workload.precision == "fp8" else 2.0)
+    g = _Gemms(1.0 if workload.precision == "fp8" else 2.0, workload.precision == "fp8")
     gated = 2.0 if model.gated_mlp else 1.0
 
     if model.mla is not None:
@@ -91,6 +114,7 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
         g.add(tokens, n * m.v_head_dim / tp, h)
         core_width = n * (q_head + m.v_head_dim) / tp
         kv_width = n * (q_head + m.v_head_dim) / tp  # CP exchanges the up-projected K and V
+        q_width = n * m.v_head_dim / tp
     else:
         q = model.query_projection_size / tp
         kv = model.kv_channels * np.maximum(model.num_query_groups / tp, 1.0)
@@ -98,14 +122,17 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
         g.add(tokens, q, h)
         core_width = 2 * q
         kv_width = 2 * kv
+        q_width = q  # per-rank width of the attention output
     # Causal flash attention with CP's load-balanced chunks: each rank does 1/(TP*CP) of the half s^2.
     attention_flops = 2.0 * tokens * s * core_width * 0.5
 
     tp_bw = _link_bw(tp, domain, cluster)
     allreduce_s = np.where(tp > 1, 2 * (tp - 1) / tp * tokens * h * 2 / tp_bw, 0.0)
     num_tp_collectives = 2.0
-    ep_link = np.zeros_like(tokens)
+    ep_nvlink = np.zeros_like(tokens)
+    ep_internode = np.zeros_like(tokens)
     etp_link = np.zeros_like(tokens)
+    imbalance_spread = np.zeros_like(tokens)
     if moe_layer and model.moe is not None:
         moe = model.moe
         routed_tokens = tokens / tp  # tokens entering the dispatcher on this rank (sequence parallel)
@@ -118,8 +145,14 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
         copies = routed_tokens * moe.router_topk * etp  # token copies this GPU's expert shards process
         local_experts = moe.num_experts / ep
         per_expert = copies / local_experts
-        g.add(per_expert, h, gated * moe.moe_ffn_hidden_size / etp, local_experts)
-        g.add(per_expert, moe.moe_ffn_hidden_size / etp, h, local_experts)
+        g.add(per_expert, h, gated * moe.moe_ffn_hidden_size / etp, local_experts, routed=True)
+        g.add(per_expert, moe.moe_ffn_hidden_size / etp, h, local_experts, routed=True)
+        # Dropless routing leaves some EP ranks busier than others, and every rank waits for the busiest
+        # at the combine all-to-all. A rank's load averages its E/EP experts (relative spread
+        # cv/sqrt(E/EP) for a per-expert coefficient of variation cv), and the largest of EP such loads
+        # lies about sqrt(2 ln EP) spreads above the mean (the extreme-value bound for Gaussian maxima).
+        # cost.combine scales the expert GEMMs and the all-to-all by 1 + cv * this spread.
+        imbalance_spread = np.sqrt(2 * np.log(np.maximum(ep, 1.0))) / np.sqrt(local_experts)
         act_width = gated * (moe.shared_expert_ffn_hidden_size / tp) + copies / tokens * gated * (
             moe.moe_ffn_hidden_size / etp)
         elementwise_extra = 4.0 * copies * h * 2  # permute + unpermute, read and write
@@ -129,9 +162,9 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
         span = etp * ep
         peers_inside = np.where(span <= domain, ep, np.maximum(domain / etp, 1.0))
         inside_frac = np.where(ep > 1, (peers_inside - 1) / np.maximum(ep - 1, 1), 1.0)
-        one_a2a = np.maximum(send_bytes * inside_frac / (cluster.gpu.nvlink_bandwidth_gbps * 1e9),
-                             send_bytes * (1 - inside_frac) / (cluster.gpu.internode_bandwidth_gbps * 1e9))
-        ep_link = 2.0 * one_a2a  # dispatch + combine
+        # Dispatch + combine; the two parts run at once, cost.combine takes the slower.
+        ep_nvlink = 2.0 * send_bytes * inside_frac / (cluster.gpu.nvlink_bandwidth_gbps * 1e9)
+        ep_internode = 2.0 * send_bytes * (1 - inside_frac) / (cluster.gpu.internode_bandwidth_gbps * 1e9)
         etp_bw = _link_bw(etp, domain, cluster)
         etp_link = np.where(etp > 1, 2 * (etp - 1) / etp * copies * h * 2 / etp_bw, 0.0)  # AG + RS
     else:
@@ -144,12 +177,22 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
     # Two norms, two residual adds, rope/bias/dropout: ~10 reads+writes of the hidden state, plus the
     # activation function over the MLP intermediate.
     elementwise = 2.0 * (10 * tokens_sp * h + tokens * act_width) + elementwise_extra
+    # CP ring attention (Transformer Engine AttnFuncWithCPAndKVP2P) runs one flash-attention call per
+    # ring step over a KV chunk of s/CP keys, and after each step rescales the partial output and its
+    # log-sum-exp in fp32: one read + write of the output per step, forward and again in backward.
+    cp_correction_bytes = np.where(cp > 1, cp * tokens * q_width * 4.0 * 2, 0.0)
+    attention_key_len = s / cp
     cp_bw = _link_bw(tp * cp, domain, cluster)
     cp_link = np.where(cp > 1, (cp - 1) * tokens * kv_width * 2 / cp_bw, 0.0)
+    gemm_flops, gemm_bytes, routed = g.stacked(tokens.shape)
     return LayerWork(
-        linear_flops=np.broadcast_to(g.flops, tokens.shape), linear_bytes=np.broadcast_to(g.bytes, tokens.shape),
+        linear_flops=gemm_flops, linear_bytes=gemm_bytes, routed_gemms=routed, cp_correction_bytes=cp_correction_bytes,
+        tp=tp,
+        imbalance_spread=np.broadcast_to(imbalance_spread, tokens.shape), cast_bytes=np.broadcast_to(g.cast_bytes, tokens.shape),
         attention_flops=attention_flops, elementwise_bytes=elementwise,
-        tp_link_s=num_tp_collectives * allreduce_s + etp_link, cp_link_s=cp_link, ep_link_s=ep_link,
+        tp_link_s=num_tp_collectives * allreduce_s + etp_link, cp_link_s=cp_link, ep_nvlink_s=ep_nvlink,
+        ep_internode_s=ep_internode,
+        attention_key_len=np.broadcast_to(attention_key_len, tokens.shape),
     )
 
 
@@ -191,12 +234,12 @@ class StepWork:
     dense_on_first: np.ndarray  # leading dense layers of an MoE model, placed on stage 0
     logits_flops: np.ndarray  # output GEMM forward, per micro-batch (last stage, bf16)
     logits_bytes: np.ndarray
-    loss_bytes: np.ndarray  # fp32 vocab-parallel softmax / cross-entropy passes
+    loss_bytes: np.ndarray  # fp32 vocab-parallel softmax / cross-entropy: all its passes, counted here
     pp: np.ndarray
     vpp: np.ndarray
     num_microbatches: np.ndarray
     recompute: np.ndarray  # 0 none, 1 selective, 2 full
-    p2p_link_s: np.ndarray  # one activation send between stages
+    p2p_link_s: np.ndarray  # one activation send between stages (cost.combine counts VPP sends per micro-batch)
     dp_reduce_link_s: np.ndarray  # grad reduce-scatter (or all-reduce without dist-opt), dense + expert
     dp_gather_link_s: np.ndarray  # param all-gather (dist-opt only)
     optimizer_bytes: np.ndarray  # HBM traffic of the Adam step over the local shard
@@ -206,7 +249,10 @@ class StepWork:
 
 
 def step_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.Knobs,
-              stage_layers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> StepWork:
+              stage_layers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+              grad_reduce_in_fp32: bool = True) -> StepWork:
+    """`grad_reduce_in_fp32` is Megatron's DDP option: gradients are reduced in fp32 (4 bytes) or in the
+    bf16 of the model (2 bytes; Megatron-Bridge perf recipes)."""
     n = cluster.num_gpus
     tp, pp, cp, ep, etp, mbs = (np.asarray(x, dtype=float) for x in (k.tp, k.pp, k.cp, k.ep, k.etp, k.mbs))
     vpp = np.where(pp > 1, np.asarray(k.vpp, dtype=float), 1.0)
@@ -229,7 +275,10 @@ def step_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.K
     logits_bytes = (tokens * h + h * vocab / tp + tokens * vocab / tp) * 2.0
     loss_bytes = 3.0 * tokens * vocab / tp * 4.0
 
-    pp_neighbour_bw = np.where(n / pp >= domain, cluster.gpu.internode_bandwidth_gbps,
+    # Pipeline neighbours are N/PP ranks apart (pp is the outermost dimension of the rank order), so as
+    # soon as the job spans more than one NVLink domain some stage boundary crosses it, and the pipeline
+    # moves at the pace of that slowest boundary.
+    pp_neighbour_bw = np.where(n > domain, cluster.gpu.internode_bandwidth_gbps,
                                cluster.gpu.nvlink_bandwidth_gbps) * 1e9
     p2p = np.where(pp > 1, tokens * h * 2 / np.where(sp, tp, 1.0) / pp_neighbour_bw, 0.0)
 
@@ -249,7 +298,8 @@ def step_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.K
     emb_params = (counts.embedding + counts.output_layer * (pp == 1)) / tp
     dense_params = dense_params + emb_params
     dp_bw = _link_bw(n / pp, domain, cluster)
-    rs = (dp - 1) / dp * dense_params * 4 + (edp - 1) / edp * expert_params * 4
+    grad_bytes = 4.0 if grad_reduce_in_fp32 else 2.0
+    rs = ((dp - 1) / dp * dense_params + (edp - 1) / edp * expert_params) * grad_bytes
     ag = (dp - 1) / dp * dense_params * 2 + (edp - 1) / edp * expert_params * 2
     dp_reduce = np.where(dist_opt, rs, 2 * rs) / dp_bw
     dp_gather = np.where(dist_opt, ag, 0.0) / dp_bw

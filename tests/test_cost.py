@@ -10,7 +10,7 @@ import pytest
 from autotune import constraints as C
 from autotune.cluster import ClusterSpec
 from autotune.config import JobConfig, ParallelConfig, Workload
-from autotune.cost import BREAKDOWN_KEYS, CostConstants, predict, predict_batch
+from autotune.cost import BREAKDOWN_KEYS, CostConstants, RunOptions, predict, predict_batch
 from autotune.cost_constants import load_cost_constants
 from autotune.cost_terms import stage_layer_counts
 from autotune.errors import ConfigError, SpecFileError
@@ -153,3 +153,56 @@ def test_breakdown_keys_complete():
     est = predict(model, cluster, _job(8, gbs=64, seq=1024, expert_model_parallel_size=2))
     assert set(est.breakdown_s) == set(BREAKDOWN_KEYS)
     assert all(v >= 0 for v in est.breakdown_s.values())
+
+
+def test_bigger_micro_batch_gains_nothing_on_large_gemms():
+    """Roofline per GEMM: at 8k tokens per micro-batch the dense GEMMs are compute-bound, so MBS 2 may not
+    beat MBS 1 by more than a couple of percent (it halves the micro-batches; the bubble is already small)."""
+    model, cluster = get_model("llama3-70b"), ClusterSpec.build(64, "h100")
+    kw = dict(tensor_model_parallel_size=4, pipeline_model_parallel_size=4, virtual_pipeline_model_parallel_size=5,
+              sequence_parallel=True)
+    one = predict(model, cluster, _job(64, gbs=256, seq=8192, precision="fp8", micro_batch_size=1, **kw))
+    two = predict(model, cluster, _job(64, gbs=256, seq=8192, precision="fp8", micro_batch_size=2, **kw))
+    assert two.breakdown_s["compute"] == pytest.approx(one.breakdown_s["compute"], rel=0.02)
+
+
+def test_context_parallel_is_not_free():
+    """CP adds the per-step output correction and shorter flash-attention calls: at equal work per GPU, a
+    CP2 config's compute is above the CP1 config's."""
+    model, cluster = get_model("llama3-8b"), ClusterSpec.build(8, "h100")
+    cp1 = predict(model, cluster, _job(8, gbs=128, seq=8192, micro_batch_size=1))
+    cp2 = predict(model, cluster, _job(8, gbs=128, seq=8192, micro_batch_size=1, context_parallel_size=2))
+    # CP2 halves DP, so the per-GPU work per step is the same; only the CP overheads differ.
+    assert cp2.breakdown_s["compute"] > 1.01 * cp1.breakdown_s["compute"]
+
+
+def test_bf16_gradient_reduction_halves_dp_traffic():
+    model, cluster = get_model("llama3-8b"), ClusterSpec.build(64, "h100")
+    job = _job(64, gbs=128, seq=8192, use_distributed_optimizer=False)
+    fp32 = predict(model, cluster, job, options=RunOptions(overlap_grad_reduce=False))
+    bf16 = predict(model, cluster, job, options=RunOptions(overlap_grad_reduce=False, grad_reduce_in_fp32=False))
+    assert bf16.breakdown_s["dp_comm_exposed"] == pytest.approx(fp32.breakdown_s["dp_comm_exposed"] / 2, rel=1e-9)
+
+
+def test_expert_imbalance_grows_with_ep():
+    """The busiest EP rank sets the pace: with fewer experts per rank the expected maximum load rises."""
+    from autotune.cost_terms import layer_work
+    model, cluster = get_model("qwen3-30b-a3b"), ClusterSpec.build(64, "h100")
+    workload = Workload(seq_length=4096, global_batch_size=512)
+    spreads = []
+    for ep in (2, 8, 32):
+        k = C.Knobs(**{key: np.asarray([v]) for key, v in vars(C.Knobs.of(ParallelConfig(
+            expert_model_parallel_size=ep))).items()})
+        spreads.append(float(layer_work(model, cluster, workload, k, moe_layer=True).imbalance_spread[0]))
+    assert spreads == sorted(spreads) and spreads[0] > 0
+
+
+def test_tp_comm_overlap_hides_tp_collectives():
+    """Userbuffers TP overlap leaves about 1/TP of the forward TP traffic exposed; without it all of it is."""
+    model, cluster = get_model("llama3-70b"), ClusterSpec.build(64, "h100")
+    job = _job(64, gbs=128, seq=8192, tensor_model_parallel_size=8, pipeline_model_parallel_size=4,
+               sequence_parallel=True)
+    overlapped = predict(model, cluster, job)
+    exposed = predict(model, cluster, job, options=RunOptions(tp_comm_overlap=False))
+    assert exposed.breakdown_s["tp_comm"] > 3 * overlapped.breakdown_s["tp_comm"]
+    assert exposed.step_time_s > overlapped.step_time_s

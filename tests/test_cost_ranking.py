@@ -53,3 +53,21 @@ def test_space_judged_under_a_runs_memory_settings():
     for name in ("tp", "pp", "vpp", "cp", "mbs", "sp", "dist_opt", "recompute", "split"):
         same &= getattr(k, name) == getattr(published, name)
     assert same.any(), "the published config that ran on 80 GB is pruned under its own settings"
+
+
+def test_rank_space_uses_the_memory_options_of_the_space():
+    """fits_memory and peak memory follow the options enumerate_space judged with (bf16 gradient reduction
+    here, as Megatron-Bridge perf recipes use), not the defaults."""
+    from autotune.memory import MemoryOptions, peak_memory_gib_batch
+
+    model, cluster = get_model("llama3-70b"), ClusterSpec.build(64, "h100")
+    workload = Workload(seq_length=8192, global_batch_size=256, precision="fp8")
+    opts = MemoryOptions(grad_reduce_in_fp32=False)
+    res = enumerate_space(default_space(model), model, cluster, workload, memory_headroom=0.0, memory_options=opts)
+    ranked = rank_space(res, memory_options=opts)
+    expected = peak_memory_gib_batch(model, cluster, workload, res.knobs, options=opts)
+    assert np.array_equal(ranked.peak_memory_gib, expected)
+    assert ranked.fits_memory.all(), "every config the memory rule admitted under these options fits"
+    default = rank_space(res)
+    assert np.all(default.peak_memory_gib >= ranked.peak_memory_gib)
+    assert np.any(default.peak_memory_gib > ranked.peak_memory_gib)
