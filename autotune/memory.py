@@ -21,7 +21,10 @@ against real GPTModel chunks in tests/test_memory_megatron.py):
   shard are exact per rank, not params / DP (checked rank by rank in tests/test_memory_megatron.py,
   and against Megatron's real optimizer in tests/test_memory_real_optimizer.py).
 Activations: memory_activations.py, times the micro-batches each chunk holds (memory_layout.py).
-FP8 runs: GEMM weights take Transformer Engine's FP8 bytes (memory_fp8.py).
+With the distributed optimizer the bf16 weights live in a param buffer padded exactly like the grad
+buffer, so they carry its padding too (checked to the byte in tests/test_memory_megatron.py).
+FP8 runs: GEMM weights take Transformer Engine's FP8 bytes (memory_fp8.py); FP8 primary weights only
+with the distributed optimizer, the one setup where Megatron-LM allows --fp8-param-gather.
 Overheads: `Overheads`, each a named term.
 
 Two entry points share one implementation: `estimate_memory` for one config (a frozen
@@ -273,11 +276,16 @@ def _stage_bytes(m: ModelSpec, rows: _Rows, chunks: ChunkLayers, workload: Workl
     pad_dense, pad_expert = np.where(dist, pad_dense, 0), np.where(dist, pad_expert, 0)
     optimizer = OPTIMIZER_BYTES * (np.where(dist, np.minimum(in_dense, (in_dense + pad_dense) / dp_cp), in_dense) +
                                    np.where(dist, np.minimum(in_expert, (in_expert + pad_expert) / edp), in_expert))
+    # GEMM weights take TE's FP8 bytes instead of bf16 (memory_fp8.py); the rest stays bf16. FP8 primary
+    # weights need the distributed optimizer (Megatron-LM validate_args: --fp8-param-gather only with it).
+    fp8, transpose = workload.precision == "fp8", needs_fp8_transpose(gpu_name)
+    gemm_bytes = np.where(dist, gemm_weight_bytes_per_element(fp8, options.fp8_param, transpose),
+                          gemm_weight_bytes_per_element(fp8, False, transpose))
     return {
         "num_parameters": dense + expert,
-        # GEMM weights take TE's FP8 bytes instead of bf16 (memory_fp8.py); the rest stays bf16.
-        "weights": BF16 * (dense + expert) + (gemm_weight_bytes_per_element(
-            workload.precision == "fp8", options.fp8_param, needs_fp8_transpose(gpu_name)) - BF16) * params["gemm"],
+        # With the distributed optimizer the params are views into a param buffer padded like the grad
+        # buffer (param_and_grad_buffer.py param_data), so they carry the same padding.
+        "weights": BF16 * (dense + expert + pad_dense + pad_expert) + (gemm_bytes - BF16) * params["gemm"],
         "gradients": _grad_bytes(options) * (dense + expert + pad_dense + pad_expert),
         "optimizer": optimizer,
         "activations": _activations_per_stage(m, rows, chunks, workload, options),
@@ -315,7 +323,10 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, over
     # The exact grad buffers and optimizer shards of each stage's most loaded rank, in place of the
     # batch path's padding bound.
     exact = stage_buffers(model, job, options.overlap_grad_reduce, options.ddp_bucket_size)
-    b["gradients"] = np.asarray([[_grad_bytes(options) * s.grad_buffer_numel for s in exact]], dtype=np.float64)
+    exact_numel = np.asarray([[s.grad_buffer_numel for s in exact]], dtype=np.float64)
+    if p.use_distributed_optimizer:  # the param buffer's padding is the grad buffer's: bound -> exact
+        b["weights"] = b["weights"] + BF16 * (exact_numel - b["gradients"] / _grad_bytes(options))
+    b["gradients"] = _grad_bytes(options) * exact_numel
     b["optimizer"] = np.asarray([[OPTIMIZER_BYTES * s.optimizer_numel for s in exact]], dtype=np.float64)
     stages = []
     for r in range(p.pp):

@@ -19,7 +19,7 @@ def _buffers(chunks, parallel, ddp: dict) -> dict:
     """What Megatron's DDP buffers and optimizer hold on this rank, in elements.
 
     "grad_buffer": elements of every DDP grad buffer (dense and expert, all chunks, padding
-    included). "optimizer": (dense, expert) fp32 master-weight elements; Adam's exp_avg and
+    included). "weights_bytes": bytes of the bf16 weights, padding of the param buffer included. "optimizer": (dense, expert) fp32 master-weight elements; Adam's exp_avg and
     exp_avg_sq are allocated like the master weights, so these fix all 12 bytes/param. Without the
     distributed optimizer Float16OptimizerWithFloat16Params clones every param; with it, each rank
     owns the params in its 1/DP slice of every DDP bucket, as computed by
@@ -30,7 +30,7 @@ def _buffers(chunks, parallel, ddp: dict) -> dict:
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
-    dense = expert = grad = 0
+    dense = expert = grad = weights = 0
     for i, chunk in enumerate(chunks):
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True, use_distributed_optimizer=parallel.use_distributed_optimizer,
@@ -41,6 +41,10 @@ def _buffers(chunks, parallel, ddp: dict) -> dict:
         for buffers, is_expert in ((module.buffers, False), (module.expert_parallel_buffers, True)):
             for buf in buffers:
                 grad += buf.grad_data.numel()
+                # With the distributed optimizer the params are views into one padded param buffer
+                # (param_and_grad_buffer.py: param_data); without it each param is its own tensor.
+                weights += (buf.param_data.numel() * buf.param_data.element_size() if buf.param_data is not None
+                            else sum(q.numel() * q.element_size() for q in buf.params))
                 if parallel.use_distributed_optimizer:
                     ranges = DistributedOptimizer._build_gbuf_range_map(buf)
                     n = sum(r["param"].size for buckets in ranges.values() for b in buckets
@@ -51,7 +55,7 @@ def _buffers(chunks, parallel, ddp: dict) -> dict:
                     expert += n
                 else:
                     dense += n
-    return {"grad_buffer": grad, "optimizer": [dense, expert]}
+    return {"grad_buffer": grad, "optimizer": [dense, expert], "weights_bytes": weights}
 
 
 def run_case(case: dict) -> dict:

@@ -93,9 +93,10 @@ def test_fp8_transpose_follows_te_gemm_layout_support():
 
 
 def _job(precision: str, gpus: int = 32, **kw) -> JobConfig:
+    kw = {"use_distributed_optimizer": True, **kw}
     parallel = ParallelConfig(tensor_model_parallel_size=4, pipeline_model_parallel_size=4,
                               virtual_pipeline_model_parallel_size=5, sequence_parallel=True,
-                              use_distributed_optimizer=True, recompute_granularity="selective", **kw)
+                              recompute_granularity="selective", **kw)
     return JobConfig(num_gpus=gpus, parallel=parallel,
                      workload=Workload(seq_length=4096, global_batch_size=32, precision=precision))
 
@@ -113,6 +114,19 @@ def test_fp8_weights_differ_from_bf16_by_the_te_bytes_of_the_gemm_weights(gpu, f
         expected = extra_bytes * gemm_weight_elements(model, layers, 0, 4, 1) / GIB
         assert a.weights_gib - b.weights_gib == pytest.approx(expected, rel=1e-9, abs=1e-9)
         assert a.num_parameters == b.num_parameters
+
+
+def test_fp8_primary_weights_only_with_the_distributed_optimizer():
+    """Megatron-LM refuses --fp8-param-gather without the distributed optimizer (arguments.py
+    validate_args), so such a run keeps bf16 weights plus TE's cached FP8 copy (+2 bytes per GEMM weight
+    on Hopper: 1 byte + 1 byte transpose, memory_fp8.py)."""
+    model = get_model("llama3-70b")
+    cluster = ClusterSpec.build(32, "h100-80gb")
+    fp8 = estimate_memory(model, cluster, _job("fp8", use_distributed_optimizer=False))
+    bf16 = estimate_memory(model, cluster, _job("bf16", use_distributed_optimizer=False))
+    for a, b in zip(fp8.stages, bf16.stages):
+        assert a.weights_gib - b.weights_gib == pytest.approx(2 * gemm_weight_elements(model, 20, 0, 4, 1) / GIB,
+                                                              rel=1e-9)
 
 
 @pytest.mark.parametrize("model_name,gpus,gpu", [("llama3-70b", 64, "h100-80gb"), ("tiny-moe", 8, "h100-80gb"),

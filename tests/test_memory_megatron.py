@@ -170,8 +170,9 @@ def test_grad_buffer_and_optimizer_shard_per_rank_equal_megatron(index, megatron
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=IDS)
 def test_estimate_memory_takes_the_most_loaded_rank_of_each_stage(index, megatron_counts):
-    """estimate_memory's gradient and optimizer bytes: Megatron's largest per stage, to the byte
-    (fp32 main grads; fp32 master weights + exp_avg + exp_avg_sq = 12 bytes per owned element)."""
+    """estimate_memory's weight, gradient and optimizer bytes: Megatron's largest per stage, to the byte
+    (bf16 weights, in the padded param buffer with the distributed optimizer; fp32 main grads; fp32
+    master weights + exp_avg + exp_avg_sq = 12 bytes per owned element)."""
     name, n, p, ddp = CASES[index]
     job = _job(n, p)
     options = MemoryOptions(overlap_grad_reduce=ddp.get("overlap_grad_reduce", False),
@@ -183,3 +184,4 @@ def test_estimate_memory_takes_the_most_loaded_rank_of_each_stage(index, megatro
         ranks = real[stage.stage * per_stage:(stage.stage + 1) * per_stage]
         assert stage.gradients_gib * GIB == max(4 * r["grad_buffer"] for r in ranks)
         assert stage.optimizer_gib * GIB == max(12 * sum(r["optimizer"]) for r in ranks)
+        assert stage.weights_gib * GIB == max(r["weights_bytes"] for r in ranks)
