@@ -6,6 +6,11 @@ keep inside a node) never straddles two. Each bundle runs `trial_runner.launch.r
 node with torchrun's multi-node rendezvous at node 0's address. The trial runner enforces the time
 limit and kills its process tree; Ray's cancel is a backstop for a stuck node task.
 
+A lost node (its raylet dies; Ray raises NodeDiedError for the task that ran there) makes the trial
+`node_lost`: the trial's other node tasks are cancelled at once rather than left waiting in
+torchrun's rendezvous, its placement group is removed (Ray would reschedule it and hold GPUs), and
+the search goes on with the nodes left. Every wait on Ray is bounded.
+
 CPU backend: the local Ray is started with `num_gpus` = ranks, so Ray's GPU resources stand for
 ranks and the same placement code runs; simulated nodes share one machine (PACK instead of
 STRICT_SPREAD when the Ray cluster has fewer nodes than the trial).
@@ -28,6 +33,10 @@ from autotune.errors import ConfigError
 _BACKSTOP_S = 60.0
 # How long a trial may wait for its GPUs before the search gives up (the cluster is busy or too small).
 _PLACEMENT_TIMEOUT_S = 600.0
+# Bounds on the driver's other waits on Ray, so a lost node can never stall the search.
+_ADDRESS_TIMEOUT_S = 120.0  # node 0's address task: a worker process start on a busy node
+_RESULT_TIMEOUT_S = 5.0  # a finished node task's return value
+_ERROR_CHARS = 600  # of a Ray error's text kept as the trial's evidence
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -73,14 +82,21 @@ def _run_node(spec_json: str, nproc: int, nnodes: int, node_rank: int, master_ad
 
 @dataclass
 class RunningTrial:
-    """A trial in flight: its placement group and node tasks."""
+    """A trial in flight: waiting for its placement group, then running its node tasks."""
 
     number: int
     spec: Any  # TrialSpec
+    label: str
+    out_dir: Path
     out_path: Path
     pg: Any
-    refs: list
-    deadline: float
+    pg_ready: Any  # ObjectRef, ready once the placement group is reserved
+    per_node: int  # ranks per node
+    nnodes: int
+    placement_deadline: float
+    refs: list = field(default_factory=list)  # node tasks, one per bundle; empty until placed
+    deadline: float = float("inf")  # set when the node tasks start
+    released: bool = False
     started: float = field(default_factory=time.time)
 
 
@@ -125,11 +141,11 @@ class RayScheduler:
         return sum(1 for n in self.ray.nodes() if n.get("Alive"))
 
     def submit(self, number: int, spec: Any, label: str, gpus_per_node: int, out_dir: Path) -> RunningTrial:
-        """Reserve the trial's GPUs (blocks until the placement group is ready) and start its node tasks."""
+        """Ask for the trial's GPUs and return at once; `wait_any` starts its node tasks once Ray has
+        reserved them. Never blocking here keeps the search loop collecting finished trials (and so
+        freeing their GPUs) while this one waits, e.g. when a lost node left fewer GPUs than slots."""
         from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        ray = self.ray
         world = spec.num_ranks
         per_node = min(world, gpus_per_node)
         nnodes = world // per_node
@@ -139,38 +155,72 @@ class RayScheduler:
                               f"but the Ray cluster has {self.num_nodes()} nodes")
         pg = placement_group([{"GPU": per_node, "CPU": 1} for _ in range(nnodes)], strategy=strategy,
                              name=f"trial-{number}")
-        try:
-            ray.get(pg.ready(), timeout=_PLACEMENT_TIMEOUT_S)
-        except ray.exceptions.GetTimeoutError:
-            ray.util.remove_placement_group(pg)
-            raise ConfigError(f"could not reserve {nnodes} x {per_node} GPUs for trial {number} within "
-                              f"{_PLACEMENT_TIMEOUT_S:.0f} s; the Ray cluster is busy or its nodes are smaller") from None
+        # A queued trial may wait for the one ahead of it to use its whole time limit.
+        wait_s = _PLACEMENT_TIMEOUT_S + spec.time_limit_s + _BACKSTOP_S
+        return RunningTrial(number=number, spec=spec, label=label, out_dir=out_dir, out_path=out_dir / "result.json",
+                            pg=pg, pg_ready=pg.ready(), per_node=per_node, nnodes=nnodes,
+                            placement_deadline=time.time() + wait_s)
 
-        def on(bundle: int, **options):
-            return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=bundle,
+    def _start(self, t: RunningTrial) -> Any | None:
+        """Start the node tasks of a placed trial; a TrialResult when that already failed, else None."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        ray = self.ray
+
+        def on(bundle: int):
+            return PlacementGroupSchedulingStrategy(placement_group=t.pg, placement_group_bundle_index=bundle,
                                                     placement_group_capture_child_tasks=True)
 
-        addr_task = ray.remote(num_cpus=0)(_node_address)
-        master_addr, master_port = ray.get(addr_task.options(scheduling_strategy=on(0)).remote())
+        addr_task = ray.remote(num_cpus=0, max_retries=0)(_node_address)
+        try:
+            # Bounded: the node of bundle 0 may die between the reservation and this task.
+            master_addr, master_port = ray.get(addr_task.options(scheduling_strategy=on(0)).remote(),
+                                               timeout=_ADDRESS_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
+            return self._failure(t, exc, "finding node 0's address")
         node_task = ray.remote(_run_node)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        refs = []
-        spec_json = spec.to_json()
-        for r in range(nnodes):
-            out = out_dir / ("result.json" if r == 0 else f"node{r}.json")
-            refs.append(node_task.options(num_cpus=1, num_gpus=per_node, scheduling_strategy=on(r), max_retries=0,
-                                          name=f"trial {number} node {r}: {label}")
-                        .remote(spec_json, per_node, nnodes, r, master_addr, master_port, str(out)))
-        return RunningTrial(number=number, spec=spec, out_path=out_dir / "result.json", pg=pg, refs=refs,
-                            deadline=time.time() + spec.time_limit_s + _BACKSTOP_S)
+        t.out_dir.mkdir(parents=True, exist_ok=True)
+        spec_json = t.spec.to_json()
+        for r in range(t.nnodes):
+            out = t.out_dir / ("result.json" if r == 0 else f"node{r}.json")
+            t.refs.append(node_task.options(num_cpus=1, num_gpus=t.per_node, scheduling_strategy=on(r),
+                                            max_retries=0, name=f"trial {t.number} node {r}: {t.label}")
+                          .remote(spec_json, t.per_node, t.nnodes, r, master_addr, master_port, str(out)))
+        t.deadline = time.time() + t.spec.time_limit_s + _BACKSTOP_S
+        self.on_started(t)
+        return None
+
+    def on_started(self, t: RunningTrial) -> None:
+        """Hook: the trial's node tasks were just started on its reserved bundles."""
 
     def wait_any(self, running: list[RunningTrial], timeout_s: float = 1.0) -> list[tuple[RunningTrial, Any]]:
-        """Trials that finished (all node tasks done, or stopped past their backstop), with node 0's TrialResult."""
+        """Trials that finished (all node tasks done, one of them failed, or stopped past their
+        backstop), with node 0's TrialResult or the failure. Starts the node tasks of trials whose
+        GPUs were reserved meanwhile. Raises ConfigError when a trial waited past its placement
+        deadline: the cluster is too small or busy for it."""
+        ray = self.ray
         done = []
         now = time.time()
         for t in running:
-            ready, _ = self.ray.wait(t.refs, num_returns=len(t.refs), timeout=0)
+            if not t.refs:
+                placed, _ = ray.wait([t.pg_ready], timeout=0)
+                if placed:
+                    failed = self._start(t)
+                    if failed is not None:
+                        done.append((t, failed))
+                elif now > t.placement_deadline:
+                    self._release(t)
+                    raise ConfigError(f"could not reserve {t.nnodes} x {t.per_node} GPUs for trial {t.number} within "
+                                      f"{t.placement_deadline - t.started:.0f} s; the Ray cluster is busy or its "
+                                      f"nodes are smaller")
+                continue
+            ready, _ = ray.wait(t.refs, num_returns=len(t.refs), timeout=0)
             if len(ready) == len(t.refs):
+                done.append((t, self._collect(t, timed_out=False)))
+            elif any(self._failed(ref) for ref in ready):
+                # One node's task died (its node was lost, say): the other nodes' torchruns would wait
+                # in rendezvous or collectives until the time limit, so they are stopped now.
+                self.cancel(t)
                 done.append((t, self._collect(t, timed_out=False)))
             elif now > t.deadline:
                 self.cancel(t)
@@ -179,27 +229,81 @@ class RayScheduler:
             time.sleep(timeout_s)
         return done
 
+    def _failed(self, ref: Any) -> bool:
+        try:
+            self.ray.get(ref, timeout=0)
+        except Exception:  # noqa: BLE001 - only asking whether it failed; _collect classifies it
+            return True
+        return False
+
     def cancel(self, t: RunningTrial, grace_s: float = 15.0) -> None:
         """Stop a trial's node tasks: first an interrupt, so run_trial's `finally` kills its torchrun tree
         (which lives in its own session and would survive a killed Ray worker), then by force."""
         for ref in t.refs:
             self.ray.cancel(ref, force=False)
-        self.ray.wait(t.refs, num_returns=len(t.refs), timeout=grace_s)
+        if t.refs:
+            self.ray.wait(t.refs, num_returns=len(t.refs), timeout=grace_s)
         for ref in t.refs:
             self.ray.cancel(ref, force=True)
+        self._release(t)
+
+    def _release(self, t: RunningTrial) -> None:
+        # A placement group whose node died is rescheduled by Ray and would later take GPUs that
+        # other trials wait for: it is removed as soon as its trial is over.
+        if not t.released:
+            t.released = True
+            self.ray.util.remove_placement_group(t.pg)
 
     def _collect(self, t: RunningTrial, timed_out: bool) -> Any:
+        """Node 0's TrialResult; a node task's failure wins over it, since node 0's own error is then
+        only the fallout (a peer that vanished mid-collective)."""
         from trial_runner.spec import TrialResult
 
-        try:
-            result = TrialResult.from_json(self.ray.get(t.refs[0], timeout=5))
-        except Exception as exc:  # the node task died or was cancelled
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            result = TrialResult(status="timeout" if timed_out else "crashed",
-                                 config_key=t.spec.job.parallel.canonical_key(), num_ranks=t.spec.num_ranks,
-                                 backend=t.spec.backend, error=f"node task failed: {type(exc).__name__}: {first}")
-        self.ray.util.remove_placement_group(t.pg)
-        return result
+        outcomes: list[Any] = []
+        for ref in t.refs:
+            try:
+                outcomes.append(self.ray.get(ref, timeout=_RESULT_TIMEOUT_S))
+            except Exception as exc:  # noqa: BLE001 - the node task died or was cancelled: classified below
+                outcomes.append(exc)
+        self._release(t)
+        failures = [o for o in outcomes if isinstance(o, Exception)]
+        lost = [f for f in failures if self._status_of(f) == "node_lost"]
+        if not lost and isinstance(outcomes[0], str):
+            return TrialResult.from_json(outcomes[0])
+        # The root cause first: a lost node, else a failure that is not our own cancel of its peers.
+        cause = (lost or [f for f in failures if not isinstance(f, self.ray.exceptions.TaskCancelledError)]
+                 or failures)[0]
+        return self._failure(t, cause, "running the trial", timed_out=timed_out and not lost)
+
+    def _status_of(self, exc: Exception) -> str:
+        """The trial status a Ray-level failure of a node task stands for."""
+        ex = self.ray.exceptions
+        if isinstance(exc, (ex.NodeDiedError, ex.LocalRayletDiedError)):
+            return "node_lost"
+        if isinstance(exc, ex.OutOfMemoryError):  # Ray's memory monitor killed the worker
+            return "oom"
+        if isinstance(exc, (ex.WorkerCrashedError, ex.ObjectLostError)):
+            # Ray may report the worker's death before it marks the node dead.
+            return "node_lost" if self._dead_nodes(exc) else "crashed"
+        return "crashed"
+
+    def _dead_nodes(self, exc: Exception) -> list[str]:
+        """Ids of dead nodes named in the error's text (Ray names the node a task ran on)."""
+        text = str(exc)
+        return [n["NodeID"] for n in self.ray.nodes() if not n.get("Alive") and n["NodeID"] in text]
+
+    def _failure(self, t: RunningTrial, exc: Exception, doing: str, timed_out: bool = False) -> Any:
+        from trial_runner.spec import TrialResult
+
+        self._release(t)
+        text = " ".join(str(exc).split())[:_ERROR_CHARS]
+        status = "timeout" if timed_out else self._status_of(exc)
+        if status == "node_lost":
+            error = f"a Ray node was lost while {doing}: {type(exc).__name__}: {text}"
+        else:
+            error = f"node task failed while {doing}: {type(exc).__name__}: {text}"
+        return TrialResult(status=status, config_key=t.spec.job.parallel.canonical_key(), num_ranks=t.spec.num_ranks,
+                           backend=t.spec.backend, error=error)
 
     def shutdown(self) -> None:
         if self._owns_ray:

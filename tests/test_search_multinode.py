@@ -1,12 +1,18 @@
-"""A 4-rank trial across two Ray nodes: real Megatron Core over gloo, torchrun rendezvous between the nodes.
+"""Multi-node Ray, for real: real Megatron Core over gloo, torchrun rendezvous between the nodes.
 
-Both Ray nodes run on this machine (`ray.cluster_utils.Cluster`), each declaring 2 GPUs, so the search's
-placement group (one bundle of {GPU: 2} per node, STRICT_SPREAD) must put the trial's two halves on two
-different Ray nodes, and torchrun's multi-node rendezvous (node 0's IP as Ray reports it) joins them.
+All Ray nodes run on this machine (`ray.cluster_utils.Cluster`), each worker node declaring 2 GPUs.
+- A 4-rank trial: the search's placement group (one bundle of {GPU: 2} per node, STRICT_SPREAD) must put
+  the trial's two halves on two different Ray nodes, and torchrun's multi-node rendezvous (node 0's IP
+  as Ray reports it) joins them.
+- A node removed while its trial runs: the trial is recorded as node_lost with Ray's evidence, its
+  processes end, and the study goes on with the node left.
 """
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +23,7 @@ from autotune.config import Workload
 from autotune.model_catalog import get_model
 from autotune.scheduler import RayScheduler
 from autotune.space_files import default_space
+from trial_runner import procs
 
 
 def our_processes(marker: str) -> list[str]:
@@ -42,12 +49,10 @@ class PlacementRecordingScheduler(RayScheduler):
         super().__init__(**kw)
         self.placements: dict[int, dict] = {}
 
-    def submit(self, number, spec, label, gpus_per_node, out_dir):
-        running = super().submit(number, spec, label, gpus_per_node, out_dir)
-        table = self.ray.util.placement_group_table(running.pg)
-        self.placements[number] = {"strategy": table["strategy"], "bundles": table["bundles"],
-                                   "nodes": table["bundles_to_node_id"]}
-        return running
+    def on_started(self, t):
+        table = self.ray.util.placement_group_table(t.pg)
+        self.placements[t.number] = {"strategy": table["strategy"], "bundles": table["bundles"],
+                                     "nodes": table["bundles_to_node_id"], "pg": t.pg}
 
 
 @pytest.fixture
@@ -99,3 +104,88 @@ def test_four_rank_trial_spans_two_ray_nodes(two_node_cluster, tmp_path):
     assert node1 is not None and node1.num_ranks == 4, node1
     assert our_processes(str(tmp_path)) == []  # no torchrun or worker of this trial survives
 
+
+
+@pytest.fixture
+def head_and_two_gpu_nodes():
+    """A head without GPUs (the driver's node, which cluster_utils cannot remove) and two 2-GPU worker nodes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, num_gpus=0))
+    for _ in range(2):
+        cluster.add_node(num_cpus=2, num_gpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _ranks_started(trial_dir: Path, num_ranks: int) -> bool:
+    log = trial_dir / "result.json.logs" / "torchrun.log"
+    return log.exists() and log.read_text(errors="replace").count("trial_runner.worker started") == num_ranks
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_node_lost_mid_trial_fails_that_trial_and_the_study_goes_on(head_and_two_gpu_nodes, tmp_path):
+    cluster = head_and_two_gpu_nodes
+    model = get_model("tiny-moe")
+    req = S.SearchRequest(model=model, cluster=ClusterSpec.build(2, gpus_per_node=2),
+                          workload=Workload(seq_length=64, global_batch_size=8), space=default_space(model),
+                          backend="cpu", num_trials=3, trial_time_limit_s=180, out_root=tmp_path,
+                          warmup_iters=1, measured_iters=1)
+    phase = S.analytic_phase(req)
+    phase.backend = "cpu"
+    sched = PlacementRecordingScheduler(backend="cpu", address=None, num_ranks=2)
+    assert sched.num_nodes() == 3 and sched.total_gpus() == 4  # two trials run at once, one per GPU node
+
+    def hang_trial_0(number, spec):
+        # Trial 0 hangs (test-only fault), so it is surely still running when its node goes; were the loss
+        # missed, it would end as a timeout, not node_lost.
+        return spec.model_copy(update=dict(fault="hang", fault_rank=0)) if number == 0 else spec
+
+    removed: dict = {}
+
+    def remove_trial_0s_node() -> None:
+        deadline = time.time() + 150
+        trial_dir = phase.folder / "trials" / "0000"
+        while time.time() < deadline and not (0 in sched.placements and _ranks_started(trial_dir, 2)):
+            time.sleep(0.2)
+        if 0 not in sched.placements:
+            return  # the assertions below report it
+        node_id = sched.placements[0]["nodes"][0]
+        node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
+        removed["pids"] = our_processes(str(trial_dir))  # the trial's torchrun and ranks
+        cluster.remove_node(node, allow_graceful=False)  # raylet and all: as a crashed machine
+        removed["node_id"] = node_id
+
+    killer = threading.Thread(target=remove_trial_0s_node, daemon=True)
+    killer.start()
+    recs = S.run_trials(phase, scheduler=sched, adjust_spec=hang_trial_0)
+    killer.join(timeout=10)
+
+    assert "node_id" in removed, f"trial 0 never got its ranks running: {sched.placements}"
+    by_number = {r.number: r for r in recs}
+    assert sorted(by_number) == [0, 1, 2], [(r.number, r.status, r.reason) for r in recs]
+    lost = by_number[0]
+    assert lost.status == "node_lost", (lost.status, lost.reason)
+    assert "NodeDiedError" in lost.reason and removed["node_id"] in lost.reason, lost.reason
+    # The study went on: trial 1 (already running on the other node) and trial 2 (placed after the loss,
+    # necessarily on the node left) both completed.
+    for n in (1, 2):
+        assert by_number[n].status == "completed" and by_number[n].measured["tokens_per_s_per_gpu"] > 0, by_number[n]
+    assert removed["node_id"] not in sched.placements[2]["nodes"].values()
+    assert [t.state.name for t in phase.study.get_trials()] == ["FAIL", "COMPLETE", "COMPLETE"]
+    lines = {line["number"]: line for line in map(json.loads, (phase.folder / "trials.jsonl").read_text().splitlines())}
+    assert lines[0]["status"] == "node_lost" and "NodeDiedError" in lines[0]["reason"]
+    # The lost trial's torchrun and ranks ended with their node's Ray worker, and nothing else survives.
+    assert len(removed["pids"]) >= 3 and not [p for p in removed["pids"] if procs.is_alive(int(p.split(":")[0]))]
+    assert our_processes(str(tmp_path)) == []
+    # Its placement group is gone, not rescheduled onto the node left to hold GPUs there.
+    assert sched.ray.util.placement_group_table(sched.placements[0]["pg"])["state"] == "REMOVED"

@@ -22,8 +22,10 @@ from autotune.model_spec import ModelSpec
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 Backend = Literal["cpu", "gpu"]
+# node_lost: a Ray node running part of the trial died (set by autotune.scheduler, not by the runner).
 TrialStatus = Literal[
-    "completed", "oom", "timeout", "crashed", "launch_failed", "invalid_config", "nan_loss", "unsupported"
+    "completed", "oom", "timeout", "crashed", "launch_failed", "invalid_config", "nan_loss", "unsupported",
+    "node_lost",
 ]
 # Test-only faults, injected by the worker so the launcher's failure paths can be exercised for real.
 Fault = Literal["hang", "crash", "nan"]
