@@ -55,9 +55,9 @@ BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "pipe
                   "dp_comm_exposed", "optimizer")
 
 # Flash attention runs below its peak on short key ranges (tile start-up, the masked diagonal tiles of a
-# causal mask): FlashAttention-2 (Dao 2023, arXiv 2307.08691, Figs. 4-6) reaches ~70% of its long-sequence
-# causal fwd+bwd throughput at 512 keys and ~95% at 4k; L / (L + 200) follows that curve. It matters for
-# CP, whose ring steps each see s/CP keys.
+# causal mask): in FlashAttention-2's benchmarks (Dao 2023, arXiv 2307.08691, Figs. 4-6) causal fwd+bwd
+# throughput climbs with sequence length from 512 and levels off by 8k. L / (L + 200) is our approximation
+# of that curve (set by hand, not fitted). It matters for CP, whose ring steps each see s/CP keys.
 FLASH_HALF_EFFICIENCY_KEYS = 200.0
 
 
@@ -95,8 +95,8 @@ class CostConstants:
 class RunOptions:
     """Megatron options of a run that the parallel knobs do not carry but its step time depends on.
 
-    The defaults are the settings of NVIDIA's tuned perf recipes (Megatron-Bridge perf_recipes), where
-    every overlap is on.
+    By default every overlap is on, as in NVIDIA's tuned perf recipes, and gradients are reduced in
+    fp32, as Megatron-LM does with --bf16.
     """
 
     overlap_grad_reduce: bool = True  # DDP overlaps grad reduce-scatter / param all-gather (False: 'local' DDP)
@@ -207,10 +207,10 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
     out["pipeline_bubble"] = bubble
     # Point-to-point sends: with VPP chunks a micro-batch crosses VPP chunk boundaries per GPU in each
     # direction, so the interleaved schedule sends VPP times as often (Narayanan et al. 2021, arXiv
-    # 2104.04473 Sec. 2.2.2: "the amount of communication also increases by v"), but Megatron-LM overlaps
-    # those sends with the next chunk's compute (--overlap-p2p-communication, on by default for the
-    # interleaved schedule); only what outlasts one chunk's forward is exposed. 1F1B sends, and all sends
-    # with overlap_p2p_comm=False (megatron/core/model_parallel_config.py's default), are blocking.
+    # 2104.04473 Sec. 2.2.2: "the amount of communication also increases by v"), but with overlap_p2p_comm
+    # (megatron/core/model_parallel_config.py; Megatron-LM turns it on unless --no-overlap-p2p-communication)
+    # the interleaved schedule posts those sends alongside the next chunk's compute, so only what outlasts
+    # one chunk's forward is exposed. 1F1B sends, and all sends without that option, are blocking.
     send = work.p2p_link_s / net
     chunk_fwd = t_max / (3 * work.vpp)
     overlapped = (work.vpp > 1) & options.overlap_p2p_comm

@@ -206,3 +206,25 @@ def test_tp_comm_overlap_hides_tp_collectives():
     exposed = predict(model, cluster, job, options=RunOptions(tp_comm_overlap=False))
     assert exposed.breakdown_s["tp_comm"] > 3 * overlapped.breakdown_s["tp_comm"]
     assert exposed.step_time_s > overlapped.step_time_s
+
+
+def test_interleaving_multiplies_blocking_pipeline_sends():
+    """Narayanan et al. 2021 Sec. 2.2.2: the interleaved schedule sends VPP times as much; overlapped, most of
+    it hides behind the next chunk's compute."""
+    model, cluster = get_model("llama3-70b"), ClusterSpec.build(64, "h100")
+    kw = dict(tensor_model_parallel_size=4, pipeline_model_parallel_size=8, sequence_parallel=True)
+    blocking = RunOptions(overlap_p2p_comm=False)
+    plain = predict(model, cluster, _job(64, **kw), options=blocking)
+    interleaved = predict(model, cluster, _job(64, virtual_pipeline_model_parallel_size=5, **kw), options=blocking)
+    assert interleaved.breakdown_s["p2p"] == pytest.approx(5 * plain.breakdown_s["p2p"], rel=1e-9)
+    overlapped = predict(model, cluster, _job(64, virtual_pipeline_model_parallel_size=5, **kw))
+    assert overlapped.breakdown_s["p2p"] < interleaved.breakdown_s["p2p"]
+
+
+def test_forced_balanced_routing_removes_the_imbalance():
+    model, cluster = get_model("qwen3-30b-a3b"), ClusterSpec.build(16, "h100")
+    job = _job(16, gbs=512, expert_model_parallel_size=8)
+    routed = predict(model, cluster, job)
+    balanced = predict(model, cluster, job, options=RunOptions(force_balanced_routing=True))
+    assert balanced.step_time_s < routed.step_time_s
+    assert balanced.breakdown_s["ep_comm"] < routed.breakdown_s["ep_comm"]
