@@ -114,9 +114,9 @@ def test_crash_hang_and_oom_are_classified_and_the_study_goes_on(tmp_path):
     faults = {  # trial number -> TrialSpec fields (test-only fault injection of trial_runner.spec)
         0: dict(fault="crash", fault_rank=1),
         1: dict(fault="hang", fault_rank=0, time_limit_s=15.0),
-        # A 16M-token vocabulary (a 4 GB fp32 embedding table) cannot be allocated under a 3 GiB cap. A cap
-        # near the ~1-2 GiB a 2-rank run maps anyway fails earlier, in thread creation (EAGAIN), which the
-        # worker reports as crashed or invalid_config, not oom (see the report).
+        # A 16M-token vocabulary (a 4 GB fp32 embedding table) cannot be allocated under a 3 GiB cap. (A cap
+        # near the ~1-2 GiB a 2-rank run maps anyway fails earlier, in thread creation: also oom, see
+        # tests/trial_runner/test_trial_classify.py.)
         2: dict(memory_cap_gib=3.0),
     }
 

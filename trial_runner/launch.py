@@ -22,6 +22,7 @@ from pathlib import Path
 
 from trial_runner import procs
 from trial_runner.spec import PhaseTimings, TrialResult, TrialSpec, read_result
+from trial_runner.worker import memory_symptom
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _WORKER_STARTED_MARKER = "trial_runner.worker started"  # printed by trial_runner.worker.main
@@ -158,6 +159,17 @@ def _compose(spec: TrialSpec, nproc: int, out_path: Path, work: Path, torchrun_l
             status="launch_failed", error=f"torchrun exited with {returncode} before any worker started",
             log_tail=_tail(torchrun_log), **base,
         )
+    # A rank that dies in C++ (std::terminate, libgomp's exit) never reaches its Python handler, so no
+    # rank reported; under a memory cap its log still shows that memory ran out.
+    for local_rank in range(nproc):
+        tail = _rank_log_tail(work / "ranks", local_rank)
+        symptom = memory_symptom(tail, memory_capped=spec.memory_cap_gib is not None)
+        if symptom:
+            cap = f" (memory_cap_gib={spec.memory_cap_gib})" if spec.memory_cap_gib is not None else ""
+            return TrialResult(
+                status="oom", error=f"local rank {local_rank} died without a report{cap}: {symptom}",
+                failing_rank=local_rank if spec.num_ranks == nproc else None, log_tail=tail, **base,
+            )
     return TrialResult(
         status="crashed", error=f"torchrun exited with {returncode} and no rank reported a result",
         log_tail=_tail(torchrun_log), timings=PhaseTimings(), **base,

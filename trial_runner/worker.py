@@ -53,20 +53,70 @@ def _versions() -> Versions:
     return Versions(torch=torch.__version__, megatron_core=mcore, transformer_engine=te, cuda=torch.version.cuda)
 
 
-def classify(exc: BaseException) -> str:
-    """Map an exception to a trial status."""
+# Text of an exhausted memory, whatever the cap: where each comes from.
+_OOM_TEXT = (
+    "can't allocate memory",  # c10's DefaultCPUAllocator (c10/core/impl/alloc_cpu.cpp), a RuntimeError
+    "out of memory",  # CUDA's caching allocator; torch.OutOfMemoryError is caught by type first
+    "cannot allocate memory",  # strerror(ENOMEM): mmap, fork, an OSError of errno 12
+    "std::bad_alloc",  # C++ new, when it reaches the log rather than pybind11's MemoryError
+)
+# Under an RLIMIT_AS cap a new thread's stack cannot be mapped, and thread creation fails with EAGAIN
+# (pthread_create(3): "EAGAIN Insufficient resources to create another thread"). Without a cap EAGAIN
+# means a process or thread limit, not memory, so these count only when this trial set the cap.
+_CAPPED_THREAD_TEXT = (
+    "resource temporarily unavailable",  # strerror(EAGAIN), e.g. std::system_error from std::thread in gloo's
+    # new_group, which pybind11 turns into RuntimeError("Resource temporarily unavailable")
+    "can't start new thread",  # CPython's threading.Thread.start (Modules/_threadmodule.c)
+    "thread creation failed",  # libgomp's fatal "Thread creation failed: %s" (torch/lib/libgomp.so.1)
+    "pthread_create failed",  # OpenBLAS's blas_thread_init (numpy's BLAS)
+    "terminate called",  # std::terminate: a C++ thread pool whose thread could not start aborts the rank
+)
+
+
+def memory_symptom(text: str, memory_capped: bool) -> str | None:
+    """The first line of `text` (an error or a log tail) that shows memory ran out, or None."""
+    needles = _OOM_TEXT + (_CAPPED_THREAD_TEXT if memory_capped else ())
+    for line in text.splitlines():
+        if any(n in line.lower() for n in needles):
+            return line.strip()
+    return None
+
+
+def _causes(exc: BaseException):
+    """`exc` and the exceptions it was raised from or during (a short chain; guarded against cycles)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and len(seen) < 16:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def memory_cause(exc: BaseException, memory_capped: bool = False) -> BaseException | None:
+    """The innermost exception in `exc`'s chain that shows memory ran out (a wrapper repeats its
+    cause's text; the cause is the evidence), or None."""
+    import errno
+
     import torch
 
+    found = None
+    for e in _causes(exc):
+        if (isinstance(e, (torch.OutOfMemoryError, MemoryError))
+                or (isinstance(e, OSError) and (e.errno == errno.ENOMEM or (memory_capped and e.errno == errno.EAGAIN)))
+                or memory_symptom(str(e), memory_capped)):
+            found = e
+    return found
+
+
+def classify(exc: BaseException, memory_capped: bool = False) -> str:
+    """Map an exception to a trial status. `memory_capped`: this rank runs under an RLIMIT_AS cap."""
     if isinstance(exc, NonFiniteLossError):
         return "nan_loss"
+    # Before invalid_config: Megatron's refusal wraps whatever it raised, and a failed allocation or
+    # thread start while building the model is memory, not the config.
+    if memory_cause(exc, memory_capped) is not None:
+        return "oom"
     if isinstance(exc, InvalidConfigError):
         return "invalid_config"
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return "oom"
-    text = str(exc)
-    # CPU allocation failures surface as RuntimeError from c10's DefaultCPUAllocator.
-    if "can't allocate memory" in text or "out of memory" in text.lower():
-        return "oom"
     from trial_runner.model_builder import UnsupportedModelError
 
     if isinstance(exc, UnsupportedModelError):
@@ -84,10 +134,13 @@ def _peak_memory_gib(backend: str) -> tuple[float, float]:
     return rss, rss
 
 
-def _apply_memory_cap(spec: TrialSpec) -> None:
-    if spec.memory_cap_gib is not None:
-        cap = int(spec.memory_cap_gib * _GIB)
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+def _apply_memory_cap(spec: TrialSpec) -> bool:
+    """Cap this rank's address space when the spec asks; whether it did."""
+    if spec.memory_cap_gib is None:
+        return False
+    cap = int(spec.memory_cap_gib * _GIB)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    return True
 
 
 class Trial:
@@ -364,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{WORKER_STARTED_MARKER} rank={rank} world={world} t={t_start:.3f}", flush=True)
     spec = TrialSpec.from_json(args.spec.read_text())
     trial = Trial(spec, args.out, rank, world)
+    capped = False
     try:
         _import_heavy()  # before the memory cap: it limits training, not imports
         if spec.backend == "cpu":
@@ -371,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
 
             mode = cpu_compat.enable()
             mode.__enter__()
-        _apply_memory_cap(spec)
+        capped = _apply_memory_cap(spec)
         result = trial.run(t_start)
     except NonFiniteLossError as exc:
         # Every rank sees the all-reduced loss, so all reach here together and rank 0 reports.
@@ -381,9 +435,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rank {rank}: {exc}", file=sys.stderr, flush=True)
         return 1
     except BaseException as exc:  # noqa: BLE001 - every failure must become a status, then re-exit
-        status = classify(exc)
+        status = classify(exc, memory_capped=capped)
         print(f"rank {rank} failed ({status}):\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-        _write_rank_failure(args.out, rank, spec, status, f"{type(exc).__name__}: {exc}")
+        shown = memory_cause(exc, capped) if status == "oom" else exc  # not the config error wrapped around it
+        cap = f" (memory_cap_gib={spec.memory_cap_gib})" if status == "oom" and capped else ""
+        _write_rank_failure(args.out, rank, spec, status, f"{type(shown).__name__}: {shown}{cap}")
         return 1
     if rank == 0:
         result.write_atomic(args.out)

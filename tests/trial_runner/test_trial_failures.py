@@ -93,6 +93,17 @@ def test_memory_cap_gives_oom(make_spec, tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_a_cap_too_low_for_the_ranks_threads_gives_oom(make_spec, tmp_path):
+    # ~1 GiB is mapped per rank before the cap applies; under 1.2 GiB the ranks cannot even start the
+    # threads of their gloo process groups (EAGAIN), or abort in C++ without a Python error, depending on
+    # where the address space runs out. Either way it is memory, not the config nor a crash.
+    spec = make_spec("tiny-moe", num_gpus=2, memory_cap_gib=1.2)
+    result = run_trial(spec, 2, tmp_path / "threads.json")
+    assert result.status == "oom", f"{result.status}: {result.error}\n{result.log_tail}"
+    assert "memory_cap_gib=1.2" in result.error and "refused the config" not in result.error, result.error
+
+
+@pytest.mark.timeout(120)
 def test_mla_on_the_local_spec_is_unsupported(make_spec, tmp_path):
     mla = dict(name="tiny-mla", num_query_groups=8,
                mla=dict(q_lora_rank=None, kv_lora_rank=32, qk_head_dim=8, qk_pos_emb_head_dim=8, v_head_dim=8))
