@@ -152,10 +152,13 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
         # Forward: Transformer Engine's userbuffers overlap (tp_comm_overlap) splits each GEMM into TP
         # chunks and moves chunk i+1 while chunk i computes, leaving the first chunk's transfer (and any
         # transfer that outlasts the GEMMs) exposed; without it the forward collectives are all exposed.
+        # Userbuffers overlap works on SP's all-gather / reduce-scatter only (Megatron-LM validate_args:
+        # --tp-comm-overlap needs --sequence-parallel), so a TP > 1 config without SP gets no overlap.
         tp_all = w.tp_link_s / net
         tp_chunked = tp_all / w.tp + np.maximum(tp_all * (w.tp - 1) / w.tp - gemm, 0.0)
-        tp_f = tp_chunked if options.tp_comm_overlap else tp_all
-        tp_b = tp_chunked if options.tp_comm_overlap else np.maximum(tp_all - gemm, 0.0)
+        ub = options.tp_comm_overlap & work.sequence_parallel
+        tp_f = np.where(ub, tp_chunked, tp_all)
+        tp_b = np.where(ub, tp_chunked, np.maximum(tp_all - gemm, 0.0))
         # EP all-to-all: the NVLink and NIC parts run at once; the slower sets the time.
         ep = c.moe_dispatch_overhead * imbalance * np.maximum(w.ep_nvlink_s, w.ep_internode_s) / net
         cp_f = np.maximum(w.cp_link_s / net - attn, 0.0)

@@ -239,6 +239,7 @@ class StepWork:
     vpp: np.ndarray
     num_microbatches: np.ndarray
     recompute: np.ndarray  # 0 none, 1 selective, 2 full
+    sequence_parallel: np.ndarray  # bool: TP comm overlap needs it
     p2p_link_s: np.ndarray  # one activation send between stages (cost.combine counts VPP sends per micro-batch)
     dp_reduce_link_s: np.ndarray  # grad reduce-scatter (or all-reduce without dist-opt), dense + expert
     dp_gather_link_s: np.ndarray  # param all-gather (dist-opt only)
@@ -308,7 +309,7 @@ def step_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.K
     return StepWork(
         dense=dense, moe=moe, layers_first=lf, layers_middle=lm, layers_last=ll, dense_on_first=dense_on_first,
         logits_flops=logits_flops, logits_bytes=logits_bytes, loss_bytes=loss_bytes, pp=pp, vpp=vpp,
-        num_microbatches=m, recompute=np.asarray(k.recompute), p2p_link_s=p2p, dp_reduce_link_s=dp_reduce,
+        num_microbatches=m, recompute=np.asarray(k.recompute), sequence_parallel=sp, p2p_link_s=p2p, dp_reduce_link_s=dp_reduce,
         dp_gather_link_s=dp_gather, optimizer_bytes=shard * _ADAM_BYTES_PER_PARAM,
         num_layers=model.num_layers, num_dense_layers=model.num_dense_layers, moe_model=model.is_moe,
     )

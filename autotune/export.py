@@ -12,7 +12,8 @@ Bridge overrides are Hydra-style `section.field=value` keys of megatron.bridge C
 (`model.*` is the GPTProvider/TransformerConfig, `train.*`, `dataset.*`, `ddp.*`, `optimizer.*`;
 Megatron-Bridge @ 067f987 src/megatron/bridge/training/config.py). FP8 exports per-tensor current
 scaling (Megatron `fp8_recipe="tensorwise"`, Bridge `bf16_with_fp8_current_scaling_mixed`), the recipe
-of the H100 perf tables the cost model is fitted on.
+of the H100 perf tables the cost model is fitted on. Both exports turn on the overlaps the cost model
+assumes (cost.RunOptions): grad-reduce and param-gather overlap, and TP comm overlap with SP.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def megatron_args(job: JobConfig) -> list[str]:
         args.append("--sequence-parallel")
     if p.use_distributed_optimizer:
         args.append("--use-distributed-optimizer")
+    args += _overlap_flags(job)
     if p.recompute_granularity == "selective":
         args += ["--recompute-granularity", "selective"]
     elif p.recompute_granularity == "full":
@@ -72,6 +74,21 @@ def megatron_args(job: JobConfig) -> list[str]:
             # Megatron-LM allows them only with the distributed optimizer (arguments.py validate_args).
             args.append("--fp8-param-gather")
     return args
+
+
+def _tp_comm_overlap(job: JobConfig) -> bool:
+    # Megatron-LM validate_args: --tp-comm-overlap only with --sequence-parallel (TE userbuffers).
+    return job.parallel.tp > 1 and job.parallel.sequence_parallel
+
+
+def _overlap_flags(job: JobConfig) -> list[str]:
+    """The overlaps the cost model assumes (cost.RunOptions defaults, as in NVIDIA's perf recipes)."""
+    flags = ["--overlap-grad-reduce"]
+    if job.parallel.use_distributed_optimizer:  # Megatron-LM: param-gather overlap needs the dist optimizer
+        flags.append("--overlap-param-gather")
+    if _tp_comm_overlap(job):
+        flags.append("--tp-comm-overlap")
+    return flags
 
 
 def bridge_overrides(job: JobConfig) -> list[str]:
@@ -102,6 +119,9 @@ def bridge_overrides(job: JobConfig) -> list[str]:
         "train.micro_batch_size": p.micro_batch_size,
         "train.global_batch_size": w.global_batch_size,
         "ddp.use_distributed_optimizer": p.use_distributed_optimizer,
+        "ddp.overlap_grad_reduce": True, "ddp.overlap_param_gather": p.use_distributed_optimizer,
+        # Bridge applies its CommOverlapConfig last (training/comm_overlap.py), so TP overlap is set there.
+        "comm_overlap.tp_comm_overlap": _tp_comm_overlap(job),
         "optimizer.use_distributed_optimizer": p.use_distributed_optimizer,
         "mixed_precision": "bf16_with_fp8_current_scaling_mixed" if w.precision == "fp8" else "bf16_mixed",
     })

@@ -81,7 +81,9 @@ def test_bridge_overrides():
 # line 231) and
 # src/megatron/bridge/training/mixed_precision.py (@register bf16_mixed, line 185;
 # bf16_with_fp8_current_scaling_mixed, line 285: fp8="hybrid", fp8_recipe="tensorwise").
-BRIDGE_ONLY = {"model.seq_length", "train.micro_batch_size", "train.global_batch_size", "dataset.seq_length"}
+# src/megatron/bridge/training/comm_overlap.py (CommOverlapConfig.tp_comm_overlap, line 384).
+BRIDGE_ONLY = {"model.seq_length", "train.micro_batch_size", "train.global_batch_size", "dataset.seq_length",
+               "comm_overlap.tp_comm_overlap"}
 BRIDGE_PRECISIONS = {"bf16_mixed", "bf16_with_fp8_current_scaling_mixed"}
 
 
@@ -111,6 +113,21 @@ def test_bridge_override_keys_are_real_megatron_fields(precision):
         assert over["model.seq_length"] == over["dataset.seq_length"] == "4096"
         assert over["mixed_precision"] in BRIDGE_PRECISIONS
         assert (over["mixed_precision"] == "bf16_with_fp8_current_scaling_mixed") == (precision == "fp8")
+
+
+def test_overlap_flags_follow_megatron_lm_rules():
+    """What the cost model assumes (cost.RunOptions), within what Megatron-LM's validate_args accepts:
+    param-gather overlap only with the distributed optimizer, TP comm overlap only with SP."""
+    full = export.megatron_args(_job(**FULL))
+    assert {"--overlap-grad-reduce", "--overlap-param-gather", "--tp-comm-overlap"} <= set(full)
+    plain = export.megatron_args(_job(tensor_model_parallel_size=2, sequence_parallel=False,
+                                      use_distributed_optimizer=False))
+    assert "--overlap-grad-reduce" in plain
+    assert "--overlap-param-gather" not in plain and "--tp-comm-overlap" not in plain
+    over = dict(o.split("=", 1) for o in export.bridge_overrides(_job(**FULL)))
+    assert over["ddp.overlap_grad_reduce"] == over["ddp.overlap_param_gather"] == "true"
+    assert over["comm_overlap.tp_comm_overlap"] == "true"
+    assert dict(o.split("=", 1) for o in export.bridge_overrides(_job()))["comm_overlap.tp_comm_overlap"] == "false"
 
 
 def test_fp8_megatron_args_name_the_current_scaling_recipe():
