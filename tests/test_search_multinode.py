@@ -189,3 +189,44 @@ def test_a_node_lost_mid_trial_fails_that_trial_and_the_study_goes_on(head_and_t
     assert our_processes(str(tmp_path)) == []
     # Its placement group is gone, not rescheduled onto the node left to hold GPUs there.
     assert sched.ray.util.placement_group_table(sched.placements[0]["pg"])["state"] == "REMOVED"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)  # far below the trial's own limit: only the scheduler's cancel can end it in time
+def test_losing_one_node_of_a_two_node_trial_stops_the_other_node_at_once(head_and_two_gpu_nodes, tmp_path):
+    cluster = head_and_two_gpu_nodes
+    model = get_model("tiny-moe")
+    req = S.SearchRequest(model=model, cluster=ClusterSpec.build(4, gpus_per_node=2),
+                          workload=Workload(seq_length=64, global_batch_size=8), space=default_space(model),
+                          backend="cpu", num_trials=1, trial_time_limit_s=900, out_root=tmp_path,
+                          warmup_iters=1, measured_iters=1)
+    phase = S.analytic_phase(req)
+    phase.backend = "cpu"
+    sched = PlacementRecordingScheduler(backend="cpu", address=None, num_ranks=4)
+    removed: dict = {}
+
+    def remove_node_1() -> None:
+        # Node 0's ranks then wait on their peers in a collective (or in torchrun's rendezvous) for as long
+        # as nothing stops them: here 900 s, the trial's time limit.
+        deadline = time.time() + 150
+        trial_dir = phase.folder / "trials" / "0000"
+        while time.time() < deadline and not (0 in sched.placements and _ranks_started(trial_dir, 2)
+                                              and (trial_dir / "node1.json.logs" / "torchrun.log").exists()):
+            time.sleep(0.2)
+        if 0 in sched.placements:
+            time.sleep(3)  # into the model build, past the rendezvous
+            node_id = sched.placements[0]["nodes"][1]
+            cluster.remove_node(next(n for n in cluster.worker_nodes if n.node_id == node_id), allow_graceful=False)
+            removed["node_id"] = node_id
+
+    killer = threading.Thread(target=remove_node_1, daemon=True)
+    killer.start()
+    (rec,) = S.run_trials(phase, scheduler=sched)
+    killer.join(timeout=10)
+
+    assert "node_id" in removed, f"the trial never got its ranks running: {sched.placements}"
+    assert rec.status == "node_lost" and removed["node_id"] in rec.reason, (rec.status, rec.reason)
+    # Node 0's launcher was interrupted by the cancel (it would have written a result at its time limit),
+    # and its torchrun and ranks, on the node that is still alive, are gone.
+    assert not (phase.folder / "trials" / "0000" / "result.json").exists()
+    assert our_processes(str(tmp_path)) == []
