@@ -17,8 +17,10 @@ Model (the physical work comes from cost_terms.py; here it becomes seconds):
   overlap (userbuffers) pipelines them in TP chunks. No fitted constant.
 - CP ring exchange of K,V, hidden behind the attention compute where it can be, plus each ring step's
   fp32 output correction.
-- EP all-to-all dispatch + combine of tokens x top-k x hidden, NVLink / NIC by placement, times a
-  fitted dispatcher factor and a load-imbalance factor (the busiest of EP ranks sets the pace).
+- EP dispatch + combine, NVLink / NIC by placement: tokens x top-k x hidden with the alltoall dispatcher,
+  one copy per destination node over the NIC and per destination GPU over NVLink with the flex dispatcher's
+  HybridEP / DeepEP backends (cost_terms.ep_exchange_copies); times a fitted dispatcher factor and a
+  load-imbalance factor (the busiest of EP ranks sets the pace).
 - Recompute: selective re-runs core attention forward, full re-runs the whole layer forward.
 - Pipeline: m micro-batches at the pace of the slowest stage, plus the fill/drain bubble
   (PP-1)/VPP x the mean stage time (Narayanan et al. 2021, arXiv 2104.04473 Sec. 2.2: bubble
@@ -29,8 +31,8 @@ Model (the physical work comes from cost_terms.py; here it becomes seconds):
   micro-batch's backward / the first micro-batch's forward, only the exposed part counted.
 - Optimizer: Adam over the local shard, memory-bound.
 
-The Megatron options the knobs do not carry (overlaps, gradient dtype, forced balanced routing) come in
-a `RunOptions`.
+The Megatron options the knobs do not carry (overlaps, gradient dtype, forced balanced routing, MoE token
+dispatcher) come in a `RunOptions`.
 
 Throughput is tokens/s/GPU; model TFLOP/s use flops.py (causal attention halved, no recompute).
 MFU is model TFLOP/s over the dense peak of the training precision.
@@ -45,7 +47,7 @@ import numpy as np
 from autotune import constraints as C
 from autotune.cluster import ClusterSpec
 from autotune.config import JobConfig, Workload
-from autotune.cost_terms import StepWork, step_work
+from autotune.cost_terms import MOE_DISPATCHERS, StepWork, step_work
 from autotune.errors import ConfigError
 from autotune.flops import model_flops_per_iteration
 from autotune.model_spec import ModelSpec
@@ -104,6 +106,16 @@ class RunOptions:
     tp_comm_overlap: bool = True  # Transformer Engine userbuffers overlap TP collectives with GEMMs
     overlap_p2p_comm: bool = True  # the interleaved schedule's pipeline sends overlap compute
     force_balanced_routing: bool = False  # moe_router_force_load_balancing (benchmark runs): no expert imbalance
+    # MoE token exchange: "alltoall" (moe_token_dispatcher_type='alltoall', what Megatron-Bridge's MoE model
+    # providers set), or moe_token_dispatcher_type='flex' with moe_flex_dispatcher_backend='hybridep' or
+    # 'deepep' (hierarchical: one NIC crossing per destination node). Megatron-Core's own default,
+    # 'allgather', is not modelled.
+    moe_dispatcher: str = "alltoall"
+
+    def __post_init__(self) -> None:
+        if self.moe_dispatcher not in MOE_DISPATCHERS:
+            raise ConfigError(f"moe_dispatcher must be one of {', '.join(MOE_DISPATCHERS)}, "
+                              f"got moe_dispatcher={self.moe_dispatcher!r}")
 
 
 def _packaged_constants() -> CostConstants:
@@ -245,7 +257,8 @@ def predict_batch(model: ModelSpec, cluster: ClusterSpec, workload: Workload, kn
     `knobs` holds equal-length arrays (a SpaceResult's feasible configs); configs must be feasible.
     """
     c = constants or _packaged_constants()
-    work = step_work(model, cluster, workload, knobs, grad_reduce_in_fp32=options.grad_reduce_in_fp32)
+    work = step_work(model, cluster, workload, knobs, grad_reduce_in_fp32=options.grad_reduce_in_fp32,
+                     moe_dispatcher=options.moe_dispatcher)
     return _finish(combine(work, model, cluster, workload, c, options), model, cluster, workload)
 
 
@@ -260,7 +273,7 @@ def predict(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, constants: C
                     np.asarray([float(per_stage[-1])]))
     c = constants or _packaged_constants()
     work = step_work(model, cluster, job.workload, knobs, stage_layers=stage_layers,
-                     grad_reduce_in_fp32=options.grad_reduce_in_fp32)
+                     grad_reduce_in_fp32=options.grad_reduce_in_fp32, moe_dispatcher=options.moe_dispatcher)
     out = _finish(combine(work, model, cluster, job.workload, c, options), model, cluster, job.workload)
     return CostEstimate(
         step_time_s=float(out["step_time_s"][0]), tokens_per_s_per_gpu=float(out["tokens_per_s_per_gpu"][0]),

@@ -8,8 +8,10 @@ Shapes follow megatron-core 0.16.1:
 - Attention: QKV / output projections split over TP (KV heads replicated when TP > query groups);
   MLA LoRA projections as in megatron/core/transformer/multi_latent_attention.py (down-projections
   are not TP-split).
-- MoE: tokens are split over TP by sequence parallelism before dispatch, all-to-all over the EP group,
-  all-gathered over ETP (megatron/core/transformer/moe/token_dispatcher.py, alltoall dispatcher).
+- MoE: tokens are split over TP by sequence parallelism before dispatch, exchanged over the EP group,
+  all-gathered over ETP (megatron/core/transformer/moe/token_dispatcher.py). The exchange is the alltoall
+  dispatcher's (one copy per routed expert) or the flex dispatcher's HybridEP / DeepEP backend (one copy per
+  destination node over the NIC, one per destination GPU over NVLink): see `ep_exchange_copies`.
 - Rank placement is Megatron's default order tp-cp-ep-dp-pp for the dense mesh and etp-ep-edp-pp for
   the expert mesh (megatron/core/parallel_state.py::RankGenerator, the expert generator drops cp):
   TP is innermost (contiguous ranks), a CP group spans TP*CP consecutive ranks, an EP group spans
@@ -91,7 +93,54 @@ class _Gemms:
                 np.stack([np.broadcast_to(b, shape) for b in self.bytes]), np.asarray(self.routed, dtype=bool))
 
 
-def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.Knobs, moe_layer: bool) -> LayerWork:
+MOE_DISPATCHERS = ("alltoall", "hybridep", "deepep")
+
+
+def _prob_none_chosen(num_experts: float, num_held: np.ndarray, topk: int) -> np.ndarray:
+    """Probability that a token's top-k distinct experts, drawn uniformly from num_experts, miss a given set of
+    num_held experts: C(E - n, k) / C(E, k) (uniform routing: what moe_router_force_load_balancing produces,
+    and the mean of a balanced router)."""
+    p = np.ones_like(num_held, dtype=float)
+    for j in range(topk):
+        p = p * np.maximum(num_experts - num_held - j, 0.0) / (num_experts - j)
+    return p
+
+
+def ep_exchange_copies(num_experts: int, topk: int, ep: np.ndarray, ranks_per_node: np.ndarray,
+                       dispatcher: str) -> tuple[np.ndarray, np.ndarray]:
+    """Hidden-state copies one token sends in one dispatch (the combine returns as many), split into the part
+    over NVLink and the part through the NIC, for an EP group of `ep` GPUs with `ranks_per_node` of them in
+    each NVLink domain.
+
+    alltoall (MoEAlltoAllTokenDispatcher, megatron/core/transformer/moe/token_dispatcher.py): tokens are
+    permuted per routed expert before torch's all-to-all, so each of the top-k copies travels to its expert's
+    GPU, over the NIC when that GPU is on another node.
+
+    hybridep / deepep (MoEFlexTokenDispatcher with moe_flex_dispatcher_backend='hybridep' or 'deepep'): a
+    token crosses InfiniBand once per destination node, to the GPU with the same local rank there, which
+    forwards it over NVLink to the GPUs on that node holding its experts (DeepEP docs/Hybrid-EP_Implementation.md
+    Sec. 8: "Hybrid-EP first performs IB communication between peer GPUs, then each rank distributes the
+    received inter-node data locally"; Megatron-LM moe/README.md: DeepEP "removes redundant tokens during
+    cross-node communication"); a GPU gets one copy however many of its experts the token chose (expert
+    permutation happens after the receive, dispatch_with_permute); the combine pre-reduces inside a node
+    before the IB send (same doc, Sec. 8.2), so it moves as many bytes as the dispatch.
+    """
+    ep = np.asarray(ep, dtype=float)
+    r = np.minimum(np.asarray(ranks_per_node, dtype=float), ep)
+    nodes = ep / r
+    if dispatcher == "alltoall":
+        return topk * (r - 1) / ep, topk * (ep - r) / ep
+    if dispatcher not in MOE_DISPATCHERS:
+        raise ValueError(f"unknown MoE dispatcher {dispatcher!r}; expected one of {MOE_DISPATCHERS}")
+    gpu_hit = 1.0 - _prob_none_chosen(float(num_experts), num_experts / ep, topk)
+    node_hit = 1.0 - _prob_none_chosen(float(num_experts), num_experts * r / ep, topk)
+    # NIC: one copy to each other node the token needs. NVLink: one copy to each GPU it needs other than
+    # the one that holds it (its own, or the peer that received it over IB): r - 1 candidates per node.
+    return (ep - nodes) * gpu_hit, (nodes - 1) * node_hit
+
+
+def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.Knobs, moe_layer: bool,
+               moe_dispatcher: str = "alltoall") -> LayerWork:
     s, h = float(workload.seq_length), float(model.hidden_size)
     tp, cp, ep, etp = (np.asarray(x, dtype=float) for x in (k.tp, k.cp, k.ep, k.etp))
     sp = np.asarray(k.sp, dtype=bool)
@@ -156,15 +205,16 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
         act_width = gated * (moe.shared_expert_ffn_hidden_size / tp) + copies / tokens * gated * (
             moe.moe_ffn_hidden_size / etp)
         elementwise_extra = 4.0 * copies * h * 2  # permute + unpermute, read and write
-        # All-to-all: each rank sends topk copies of its tokens; peers in its NVLink domain are reached
-        # over NVLink, the rest over the NIC (an EP group spans ETP*EP consecutive ranks, stride ETP).
-        send_bytes = routed_tokens * moe.router_topk * h * 2 * (ep - 1) / ep
+        # Token exchange: peers in the NVLink domain are reached over NVLink, the rest over the NIC (an EP
+        # group spans ETP*EP consecutive ranks, stride ETP, so ranks_per_node of it share a domain).
         span = etp * ep
-        peers_inside = np.where(span <= domain, ep, np.maximum(domain / etp, 1.0))
-        inside_frac = np.where(ep > 1, (peers_inside - 1) / np.maximum(ep - 1, 1), 1.0)
+        ranks_per_node = np.where(span <= domain, ep, np.maximum(domain / etp, 1.0))
+        nvl_copies, nic_copies = ep_exchange_copies(moe.num_experts, moe.router_topk, ep, ranks_per_node,
+                                                    moe_dispatcher)
+        token_bytes = routed_tokens * h * 2
         # Dispatch + combine; the two parts run at once, cost.combine takes the slower.
-        ep_nvlink = 2.0 * send_bytes * inside_frac / (cluster.gpu.nvlink_bandwidth_gbps * 1e9)
-        ep_internode = 2.0 * send_bytes * (1 - inside_frac) / (cluster.gpu.internode_bandwidth_gbps * 1e9)
+        ep_nvlink = 2.0 * token_bytes * nvl_copies / (cluster.gpu.nvlink_bandwidth_gbps * 1e9)
+        ep_internode = 2.0 * token_bytes * nic_copies / (cluster.gpu.internode_bandwidth_gbps * 1e9)
         etp_bw = _link_bw(etp, domain, cluster)
         etp_link = np.where(etp > 1, 2 * (etp - 1) / etp * copies * h * 2 / etp_bw, 0.0)  # AG + RS
     else:
@@ -251,9 +301,10 @@ class StepWork:
 
 def step_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.Knobs,
               stage_layers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-              grad_reduce_in_fp32: bool = True) -> StepWork:
+              grad_reduce_in_fp32: bool = True, moe_dispatcher: str = "alltoall") -> StepWork:
     """`grad_reduce_in_fp32` is Megatron's DDP option: gradients are reduced in fp32 (4 bytes) or in the
-    bf16 of the model (2 bytes; Megatron-Bridge perf recipes)."""
+    bf16 of the model (2 bytes; Megatron-Bridge perf recipes). `moe_dispatcher` is the MoE token exchange
+    (`ep_exchange_copies`)."""
     n = cluster.num_gpus
     tp, pp, cp, ep, etp, mbs = (np.asarray(x, dtype=float) for x in (k.tp, k.pp, k.cp, k.ep, k.etp, k.mbs))
     vpp = np.where(pp > 1, np.asarray(k.vpp, dtype=float), 1.0)
@@ -265,7 +316,7 @@ def step_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.K
     tokens = mbs * s / cp
     domain = cluster.nvlink_domain_size
 
-    moe = layer_work(model, cluster, workload, k, moe_layer=True) if model.is_moe else None
+    moe = layer_work(model, cluster, workload, k, moe_layer=True, moe_dispatcher=moe_dispatcher) if model.is_moe else None
     dense = layer_work(model, cluster, workload, k, moe_layer=False) if model.num_dense_layers else moe
     moe = moe or dense
     lf, lm, ll = stage_layer_counts(model, k) if stage_layers is None else stage_layers

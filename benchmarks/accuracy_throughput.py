@@ -112,7 +112,15 @@ BRIDGE = Judging(
     why="Megatron-Bridge perf recipes reduce gradients in bf16 (perf_recipes/_common.py: grad_reduce_in_fp32=False); "
         "the older NeMo 24.07/25.02 rows are assumed to match. Recipe recompute settings are not in the perf "
         "table, so the published configs are ranked without recompute. The perf recipes overlap TP communication "
-        "(tp_comm_overlap with userbuffers) and the MoE rows force balanced, dropless routing (the source's footnote)",
+        "(tp_comm_overlap with userbuffers) and the MoE rows force balanced, dropless routing (the source's footnote). "
+        "MoE token dispatcher per row as its release's recipe set it (`NEMO_DISPATCHERS`): Qwen3-30B-A3B EP16 "
+        "(26.04, 26.04.01, 26.06) flex/hybridep (Megatron-Bridge v0.4.0 and v0.5.0 "
+        "scripts/performance/configs/qwen/qwen3_workload_base_configs.py, QWEN3_30B_A3B_PRETRAIN_CONFIG_H100_FP8_CS_V1: "
+        "moe_flex_dispatcher_backend='hybridep'; perf_recipes/qwen/h100/qwen3_moe.py at 067f987: "
+        "moe_token_dispatcher_type='flex', moe_flex_dispatcher_backend='hybridep'); Qwen3-30B-A3B PP2 EP8 "
+        "(26.02, 26.02.01) flex/deepep (v0.3.0, same file: moe_flex_dispatcher_backend='deepep'); every other MoE "
+        "row alltoall (no backend set; Bridge's Qwen3 and GPT-OSS providers set moe_token_dispatcher_type='alltoall'); "
+        "each row's whole space is ranked under its dispatcher",
     force_balanced_routing=True)
 MEGATRON_LM = Judging(
     name="Megatron-LM defaults", memory_options=MemoryOptions(), pinned_knobs={},
@@ -155,6 +163,7 @@ class Row:
     # assumption for the throughput fit, but in ranking any value counts as the published config.
     unpublished: tuple[str, ...] = ()
     overlap_grad_reduce: bool = True
+    moe_dispatcher: str = "alltoall"  # RunOptions.moe_dispatcher of the run (NEMO_DISPATCHERS)
     note: str = ""
 
     @property
@@ -166,7 +175,8 @@ class Row:
         return RunOptions(overlap_grad_reduce=self.overlap_grad_reduce,
                           grad_reduce_in_fp32=self.judging.memory_options.grad_reduce_in_fp32,
                           tp_comm_overlap=self.judging.tp_comm_overlap,
-                          force_balanced_routing=self.judging.force_balanced_routing)
+                          force_balanced_routing=self.judging.force_balanced_routing,
+                          moe_dispatcher=self.moe_dispatcher)
 
     @property
     def cluster(self) -> ClusterSpec:
@@ -199,6 +209,18 @@ def _with_split(model: ModelSpec, **kw) -> ParallelConfig:
     raise ValueError(f"no split for {model.name} {kw}")
 
 
+# MoE token dispatcher of the recipe behind a perf-table row, keyed by (model, container); rows not listed ran
+# the alltoall dispatcher. Sources: Megatron-Bridge git tags v0.3.0 (26.02), v0.4.0 (26.04), v0.5.0 (26.06),
+# scripts/performance/configs/qwen/qwen3_workload_base_configs.py, QWEN3_30B_A3B_PRETRAIN_CONFIG_H100_*_V1
+# (moe_flex_dispatcher_backend 'deepep' in v0.3.0, 'hybridep' from v0.4.0), and src/megatron/bridge/perf_recipes/
+# qwen/h100/qwen3_moe.py at 067f987 (moe_token_dispatcher_type='flex', moe_flex_dispatcher_backend='hybridep').
+NEMO_DISPATCHERS = {
+    ("Qwen3_30B_a3B", "26.02"): "deepep", ("Qwen3_30B_a3B", "26.02.01"): "deepep",
+    ("Qwen3_30B_a3B", "26.04"): "hybridep", ("Qwen3_30B_a3B", "26.04.01"): "hybridep",
+    ("Qwen3_30B_a3B", "26.06"): "hybridep",
+}
+
+
 def nemo_rows() -> list[Row]:
     rows = []
     for r in _csv("nemo_perf_h100.csv"):
@@ -214,11 +236,15 @@ def nemo_rows() -> list[Row]:
             expert_model_parallel_size=ep if model.is_moe else 1, micro_batch_size=_int(r["mbs"]),
             sequence_parallel=tp > 1, use_distributed_optimizer=True)
         prec = "fp8" if "FP8" in r["precision"] else "bf16"
+        dispatcher = NEMO_DISPATCHERS.get((name, r["container"]), "alltoall")
+        notes = ["Megatron-FSDP run modelled as distributed optimizer"] if _int(r["fsdp"], 0) else []
+        if dispatcher != "alltoall":
+            notes.append(f"flex dispatcher, {dispatcher} backend")
         rows.append(Row(
             source=f"nemo_perf_h100.csv {r['container']} {r['task']}", model=model, gpu="h100", num_gpus=int(r["num_gpus"]),
             workload=Workload(seq_length=int(r["seq_len"]), global_batch_size=int(r["gbs"]), precision=prec),
             parallel=parallel, published_tokens_per_s_per_gpu=float(r["tokens_per_sec_per_gpu"]), judging=BRIDGE,
-            note="Megatron-FSDP run modelled as distributed optimizer" if _int(r["fsdp"], 0) else ""))
+            moe_dispatcher=dispatcher, note="; ".join(notes)))
     return rows
 
 
@@ -316,7 +342,8 @@ class Fitter:
         for r in rows:
             knobs = C.Knobs(**{k: np.asarray([v]) for k, v in vars(C.Knobs.of(r.parallel)).items()})
             self.work.append(step_work(r.model, r.cluster, r.workload, knobs,
-                                       grad_reduce_in_fp32=r.judging.memory_options.grad_reduce_in_fp32))
+                                       grad_reduce_in_fp32=r.judging.memory_options.grad_reduce_in_fp32,
+                                       moe_dispatcher=r.moe_dispatcher))
         self.target = np.log([r.published_tokens_per_s_per_gpu for r in rows])
 
     def predict(self, c: CostConstants, idx) -> np.ndarray:

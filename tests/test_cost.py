@@ -228,3 +228,45 @@ def test_forced_balanced_routing_removes_the_imbalance():
     balanced = predict(model, cluster, job, options=RunOptions(force_balanced_routing=True))
     assert balanced.step_time_s < routed.step_time_s
     assert balanced.breakdown_s["ep_comm"] < routed.breakdown_s["ep_comm"]
+
+
+def test_ep_exchange_copies_known_answer():
+    """Qwen3-30B-A3B (128 experts, top-8) at EP16 over two 8-GPU nodes, derived by hand.
+
+    alltoall: each of the 8 routed copies goes to its expert's GPU; 8 of the 16 GPUs are on the other node,
+    7 are NVLink peers: 8 * 8/16 = 4 copies through the NIC, 8 * 7/16 = 3.5 over NVLink.
+    hybridep: one NIC copy when the token picked any of the other node's 64 experts,
+    1 - C(64,8)/C(128,8); one NVLink copy to each of the 14 GPUs (7 per node) holding at least one of its
+    experts, 14 * (1 - C(120,8)/C(128,8)).
+    """
+    from math import comb
+
+    from autotune.cost_terms import ep_exchange_copies
+    ep, per_node = np.asarray([16.0]), np.asarray([8.0])
+    nvl, nic = ep_exchange_copies(128, 8, ep, per_node, "alltoall")
+    assert (nvl[0], nic[0]) == pytest.approx((3.5, 4.0), rel=1e-12)
+    nvl, nic = ep_exchange_copies(128, 8, ep, per_node, "hybridep")
+    assert nic[0] == pytest.approx(1 - comb(64, 8) / comb(128, 8), rel=1e-12)  # 0.9969
+    assert nvl[0] == pytest.approx(14 * (1 - comb(120, 8) / comb(128, 8)), rel=1e-12)  # 5.77
+    assert ep_exchange_copies(128, 8, ep, per_node, "deepep")[1][0] == pytest.approx(nic[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("name,gpus", [("qwen3-30b-a3b", 32), ("deepseek-v2-lite", 32)])
+def test_hybridep_never_slower_than_alltoall(name, gpus):
+    """Over a whole space: HybridEP's hierarchical exchange never costs more EP time than the alltoall
+    dispatcher, and costs less wherever the EP group crosses nodes (fewer NIC copies)."""
+    model, cluster = get_model(name), ClusterSpec.build(gpus, "h100")
+    res = enumerate_space(default_space(model), model, cluster, Workload(seq_length=4096, global_batch_size=512))
+    a2a = predict_batch(model, cluster, res.workload, res.knobs, options=RunOptions(moe_dispatcher="alltoall"))
+    hybrid = predict_batch(model, cluster, res.workload, res.knobs, options=RunOptions(moe_dispatcher="hybridep"))
+    assert np.all(hybrid["ep_comm"] <= a2a["ep_comm"] * (1 + 1e-12))
+    across = res.knobs.ep * res.knobs.etp > cluster.nvlink_domain_size
+    assert across.any()
+    assert np.all(hybrid["ep_comm"][across] < 0.9 * a2a["ep_comm"][across])
+    assert np.all(hybrid["step_time_s"][across] < a2a["step_time_s"][across])
+
+
+def test_dispatcher_option_is_checked():
+    with pytest.raises(ConfigError, match="moe_dispatcher must be one of alltoall, hybridep, deepep, got "
+                                          "moe_dispatcher='allgather'"):
+        RunOptions(moe_dispatcher="allgather")
