@@ -93,11 +93,11 @@ class RunningTrial:
     pg_ready: Any  # ObjectRef, ready once the placement group is reserved
     per_node: int  # ranks per node
     nnodes: int
-    placement_deadline: float
+    placement_deadline: float  # time.time() after which waiting for the GPUs ends the search
     refs: list = field(default_factory=list)  # node tasks, one per bundle; empty until placed
-    deadline: float = float("inf")  # set when the node tasks start
-    released: bool = False
-    started: float = field(default_factory=time.time)
+    deadline: float = float("inf")  # time.time() after which the node tasks are cancelled; set when they start
+    released: bool = False  # the placement group was removed
+    started: float = field(default_factory=time.time)  # when it was submitted
 
 
 class RayScheduler:

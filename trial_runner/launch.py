@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import subprocess
 import sys
 import time
@@ -80,6 +81,16 @@ def _first_rank_failure(out_path: Path, num_ranks: int) -> TrialResult | None:
     return min(reports, key=lambda r: (r[0], r[1]))[2] if reports else None
 
 
+def _main_stack(log: str) -> str:
+    """The main thread's stack that a rank's faulthandler wrote as it was ended (trial_runner.worker
+    registers it for SIGTERM), most recent call first; "" when the log has none. The signal may land
+    on any thread, so the main thread is the one whose stack starts at runpy's _run_module_as_main."""
+    stacks = re.findall(r"^(?:Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):\n(?:  File .*\n?)+",
+                        log, flags=re.M)
+    main = [st.strip() for st in stacks if "_run_module_as_main" in st]
+    return main[-1] if main else ""
+
+
 def _started(torchrun_log: Path) -> bool:
     return torchrun_log.exists() and _WORKER_STARTED_MARKER in torchrun_log.read_text(errors="replace")
 
@@ -142,9 +153,12 @@ def run_trial(spec: TrialSpec, nproc: int, out_path: str | os.PathLike, *, nnode
 def _compose(spec: TrialSpec, nproc: int, out_path: Path, work: Path, torchrun_log: Path, returncode: int, timed_out: bool,
              base: dict) -> TrialResult:
     if timed_out:
+        stacks = [_main_stack(_tail(_rank_log(work / "ranks", r, "stderr.log"))) for r in range(nproc)]
         return TrialResult(
             status="timeout", error=f"trial exceeded time_limit_s={spec.time_limit_s}; the process tree was killed",
-            log_tail=_tail(torchrun_log), **base,
+            log_tail="\n".join(f"--- local rank {r}: where it was when ended ---\n{st}"
+                                for r, st in enumerate(stacks) if st)[:_LOG_TAIL_CHARS] or _tail(torchrun_log),
+            **base,
         )
     written = read_result(out_path)
     if written is not None:

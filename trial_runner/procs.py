@@ -56,8 +56,9 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def _signal_all(pids: set[int], sig: signal.Signals) -> None:
-    groups = {st[2] for pid in pids if (st := _stat(pid)) is not None}
+def _signal_all(pids: list[int] | set[int], sig: signal.Signals) -> None:
+    """Signal each process's group, then each process, in the order given."""
+    groups = list(dict.fromkeys(st[2] for pid in pids if (st := _stat(pid)) is not None))
     for pgid in groups:
         try:
             os.killpg(pgid, sig)
@@ -89,8 +90,12 @@ def kill_tree(root: int, grace_s: float = 5.0, token: str | None = None) -> list
     """SIGTERM `root`, every descendant's process group and every process carrying `token`, then
     SIGKILL what is left after `grace_s`. Returns every pid that was part of the tree, for callers
     that want to verify."""
-    known = {root, *descendants(root), *(carrying(token) if token else ())}
-    _signal_all(known, signal.SIGTERM)
+    # Deepest first: a rank gets its SIGTERM (and dumps its stacks, see trial_runner.worker) before
+    # torchrun's exit sends it PDEATHSIG's SIGKILL.
+    tree = [*reversed(descendants(root)), root]
+    order = [*tree, *(pid for pid in (carrying(token) if token else ()) if pid not in tree)]
+    known = set(order)
+    _signal_all(order, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         known |= {p for pid in list(known) if is_alive(pid) for p in descendants(pid)}

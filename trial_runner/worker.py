@@ -9,8 +9,10 @@ status and error, so the launcher can report the *first* failing rank, not the c
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -407,6 +409,9 @@ def _launch_s() -> float | None:
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()  # a rank never outlives its torchrun
     procs.watch_launcher()  # nor its launcher, even when torchrun died before the line above ran
+    # Ended at the time limit (SIGTERM from the launcher or torchrun), a rank first writes every
+    # thread's stack to its log: the evidence of where a hung trial hung.
+    faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
     t_start = time.time()
     os.environ["TRIAL_RUNNER_WORKER_T0"] = repr(t_start)
     parser = argparse.ArgumentParser(description=__doc__)

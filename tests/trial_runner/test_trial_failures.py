@@ -54,6 +54,9 @@ def test_hang_is_killed_at_the_time_limit_with_nothing_left_behind(make_spec, tm
     elapsed = time.monotonic() - t0
     assert result.status == "timeout"
     assert f"time_limit_s={limit}" in result.error
+    # The evidence: rank 1's stack, dumped as it was ended, shows it stuck in the injected hang.
+    rank1 = result.log_tail.split("--- local rank 1: where it was when ended ---\n", 1)[-1]
+    assert "--- local rank 1" in result.log_tail and "in train_step" in rank1, result.log_tail
     assert limit <= elapsed < limit + 2 * 3 + 5  # limit, at most SIGTERM + SIGKILL grace, then reporting
     assert not _processes_mentioning(str(tmp_path)), "a torchrun or worker process survived the kill"
 
