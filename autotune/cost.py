@@ -26,8 +26,10 @@ Model (the physical work comes from cost_terms.py; here it becomes seconds):
   (PP-1)/VPP x the mean stage time (Narayanan et al. 2021, arXiv 2104.04473 Sec. 2.2: bubble
   fraction (p-1)/m for 1F1B, (p-1)/(v.m) interleaved), plus the activation sends (VPP of them per
   micro-batch with interleaving, overlapped with compute there).
-- DP: gradient reduce-scatter + parameter all-gather (distributed optimizer) or all-reduce, over DP
-  for dense and EDP for expert params, in the gradient dtype of the run; overlapped with the last
+- DP: gradient reduce-scatter + parameter all-gather (distributed optimizer) or all-reduce, over DP x CP
+  for dense and EDP for expert params, in the gradient dtype of the run, hierarchically: NVLink among the
+  group's members on a node, the NIC for the 1/L share each of the L members exchanges with other nodes
+  (cost_terms._dp_collective_s); overlapped with the last
   micro-batch's backward / the first micro-batch's forward, only the exposed part counted.
 - Optimizer: Adam over the local shard, memory-bound.
 

@@ -66,6 +66,29 @@ def _link_bw(span: np.ndarray, domain: int, cluster: ClusterSpec) -> np.ndarray:
     return np.where(inside, cluster.gpu.nvlink_bandwidth_gbps, cluster.gpu.internode_bandwidth_gbps) * 1e9
 
 
+def _dp_collective_s(buffer_bytes: np.ndarray, group: np.ndarray, stride: np.ndarray,
+                     cluster: ClusterSpec) -> np.ndarray:
+    """Seconds of one reduce-scatter (or all-gather) of a `buffer_bytes` buffer over a group of `group` ranks
+    spaced `stride` apart, at nominal link bandwidth.
+
+    The members that share an NVLink domain (domain / stride of them, when the stride divides it) reach each
+    other over NVLink; only what must leave the node crosses the NIC. Hierarchically (Jia et al. 2018,
+    arXiv 1807.11205, hierarchical all-reduce), or with NCCL's rings, whose channels cross each node
+    boundary through different NICs, a node's L members first reduce-scatter over NVLink
+    ((L-1)/L of the buffer each), then each exchanges its 1/L share with its peers on the other nodes
+    ((nodes-1)/nodes of it through its own NIC). The two stages pipeline chunk by chunk; the slower sets the
+    time. One member per node (L = 1) is the plain ring over the NIC; one node is the plain NVLink ring.
+    """
+    domain = cluster.nvlink_domain_size
+    stride = np.asarray(stride, dtype=float)
+    per_node = np.where((stride <= domain) & (domain % np.maximum(stride, 1) == 0), domain / stride, 1.0)
+    per_node = np.minimum(per_node, group)
+    nodes = group / per_node
+    nvlink = (per_node - 1) / per_node * buffer_bytes / (cluster.gpu.nvlink_bandwidth_gbps * 1e9)
+    nic = (nodes - 1) / nodes * buffer_bytes / per_node / (cluster.gpu.internode_bandwidth_gbps * 1e9)
+    return np.maximum(nvlink, nic)
+
+
 class _Gemms:
     """The GEMMs of one layer, kept apart so each one gets its own roofline (cost.combine)."""
 
@@ -349,13 +372,18 @@ def step_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.K
         expert_params = np.zeros_like(tp)
     emb_params = (counts.embedding + counts.output_layer * (pp == 1)) / tp
     dense_params = dense_params + emb_params
-    dp_bw = _link_bw(n / pp, domain, cluster)
+    # Dense gradients are reduced (and the distributed optimizer shards them) over the DP x CP group: CP ranks
+    # hold the same weights (megatron/core/distributed/distributed_data_parallel.py: dp_cp_group /
+    # intra_dp_cp_group); its members are TP ranks apart. Expert gradients go over EDP, ETP*EP ranks apart.
+    dp_cp = dp * cp
     grad_bytes = 4.0 if grad_reduce_in_fp32 else 2.0
-    rs = ((dp - 1) / dp * dense_params + (edp - 1) / edp * expert_params) * grad_bytes
-    ag = (dp - 1) / dp * dense_params * 2 + (edp - 1) / edp * expert_params * 2
-    dp_reduce = np.where(dist_opt, rs, 2 * rs) / dp_bw
-    dp_gather = np.where(dist_opt, ag, 0.0) / dp_bw
-    shard = np.where(dist_opt, dense_params / dp + expert_params / edp, dense_params + expert_params)
+    dense_rs = _dp_collective_s(dense_params * grad_bytes, dp_cp, tp, cluster)
+    expert_rs = _dp_collective_s(expert_params * grad_bytes, edp, ep * etp, cluster)
+    dense_ag = _dp_collective_s(dense_params * 2.0, dp_cp, tp, cluster)
+    expert_ag = _dp_collective_s(expert_params * 2.0, edp, ep * etp, cluster)
+    dp_reduce = np.where(dist_opt, dense_rs + expert_rs, 2 * (dense_rs + expert_rs))  # all-reduce = RS + AG
+    dp_gather = np.where(dist_opt, dense_ag + expert_ag, 0.0)
+    shard = np.where(dist_opt, dense_params / dp_cp + expert_params / edp, dense_params + expert_params)
 
     return StepWork(
         dense=dense, moe=moe, layers_first=lf, layers_middle=lm, layers_last=ll, dense_on_first=dense_on_first,

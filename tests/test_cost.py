@@ -270,3 +270,38 @@ def test_dispatcher_option_is_checked():
     with pytest.raises(ConfigError, match="moe_dispatcher must be one of alltoall, hybridep, deepep, got "
                                           "moe_dispatcher='allgather'"):
         RunOptions(moe_dispatcher="allgather")
+
+
+def test_dp_collective_known_answer():
+    """A 1 GB reduce-scatter over 32 ranks spaced 2 apart on 8-GPU H100 nodes (TP2's DP group on 64 GPUs),
+    derived by hand: 4 members per node, 8 nodes. NVLink stage 3/4 x 1 GB / 450 GB/s = 1.67 ms; NIC stage
+    7/8 x (1 GB / 4) / 50 GB/s = 4.375 ms; the slower sets the time. A flat ring through the NIC would take
+    31/32 x 1 GB / 50 GB/s = 19.4 ms. With one member per node (stride 8) it is that flat ring."""
+    from autotune.cost_terms import _dp_collective_s
+    cluster = ClusterSpec.build(64, "h100")
+    t = _dp_collective_s(np.asarray([1e9]), np.asarray([32.0]), np.asarray([2.0]), cluster)
+    assert t[0] == pytest.approx(7 / 8 * 0.25e9 / 50e9, rel=1e-12)
+    flat = _dp_collective_s(np.asarray([1e9]), np.asarray([8.0]), np.asarray([8.0]), cluster)
+    assert flat[0] == pytest.approx(7 / 8 * 1e9 / 50e9, rel=1e-12)
+    inside = _dp_collective_s(np.asarray([1e9]), np.asarray([8.0]), np.asarray([1.0]), cluster)
+    assert inside[0] == pytest.approx(7 / 8 * 1e9 / 450e9, rel=1e-12)
+
+
+def test_dp_traffic_leaves_the_node_once_per_node():
+    """More DP members per node move less through each NIC: TP1's DP group (8 per node) reduces gradients
+    faster than TP8's (1 per node) for the same per-GPU gradient volume."""
+    from autotune.cost_terms import _dp_collective_s
+    cluster = ClusterSpec.build(256, "h100")
+    buf = np.full(4, 1e9)
+    t = _dp_collective_s(buf, np.asarray([256.0, 128.0, 64.0, 32.0]), np.asarray([1.0, 2.0, 4.0, 8.0]), cluster)
+    assert np.all(np.diff(t) > 0)
+
+
+def test_optimizer_shards_over_dp_and_cp():
+    """Megatron reduces dense gradients and shards the distributed optimizer over the DP x CP group
+    (megatron/core/distributed/distributed_data_parallel.py, dp_cp_group): on 8 GPUs, CP2 x DP4 holds the same
+    optimizer shard as DP8."""
+    model, cluster = get_model("llama3-8b"), ClusterSpec.build(8, "h100")
+    dp8 = predict(model, cluster, _job(8, gbs=128, seq=8192, use_distributed_optimizer=True))
+    cp2 = predict(model, cluster, _job(8, gbs=128, seq=8192, context_parallel_size=2, use_distributed_optimizer=True))
+    assert cp2.breakdown_s["optimizer"] == pytest.approx(dp8.breakdown_s["optimizer"], rel=1e-9)
