@@ -50,6 +50,8 @@ def megatron_args(job: JobConfig) -> list[str]:
     if p.use_distributed_optimizer:
         args.append("--use-distributed-optimizer")
     args += _overlap_flags(job)
+    if p.ep * p.etp > 1:  # core's default is allgather; the cost and memory models assume alltoall
+        args += ["--moe-token-dispatcher-type", "alltoall"]
     if p.recompute_granularity == "selective":
         args += ["--recompute-granularity", "selective"]
     elif p.recompute_granularity == "full":
@@ -122,6 +124,7 @@ def bridge_overrides(job: JobConfig) -> list[str]:
         "ddp.overlap_grad_reduce": True, "ddp.overlap_param_gather": p.use_distributed_optimizer,
         # Bridge applies its CommOverlapConfig last (training/comm_overlap.py), so TP overlap is set there.
         "comm_overlap.tp_comm_overlap": _tp_comm_overlap(job),
+        **({"model.moe_token_dispatcher_type": "alltoall"} if p.ep * p.etp > 1 else {}),
         "optimizer.use_distributed_optimizer": p.use_distributed_optimizer,
         "mixed_precision": "bf16_with_fp8_current_scaling_mixed" if w.precision == "fp8" else "bf16_mixed",
     })

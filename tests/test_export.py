@@ -130,6 +130,18 @@ def test_overlap_flags_follow_megatron_lm_rules():
     assert dict(o.split("=", 1) for o in export.bridge_overrides(_job()))["comm_overlap.tp_comm_overlap"] == "false"
 
 
+def test_expert_parallel_exports_name_the_alltoall_dispatcher():
+    """Megatron Core's default dispatcher is allgather (TransformerConfig.moe_token_dispatcher_type);
+    the cost model prices EP as alltoall, so the export must say so."""
+    from megatron.core.transformer import TransformerConfig
+
+    assert TransformerConfig.__dataclass_fields__["moe_token_dispatcher_type"].default == "allgather"
+    assert _flag(export.megatron_args(_job(**FULL)), "--moe-token-dispatcher-type") == "alltoall"
+    assert "--moe-token-dispatcher-type" not in export.megatron_args(_job())
+    over = dict(o.split("=", 1) for o in export.bridge_overrides(_job(**FULL)))
+    assert over["model.moe_token_dispatcher_type"] == "alltoall"
+
+
 def test_fp8_megatron_args_name_the_current_scaling_recipe():
     from megatron.core.enums import Fp8Recipe
 
