@@ -183,7 +183,12 @@ def percentile_label(v: float, max_trials: int) -> str:
     return f"> {max_trials}" if v > max_trials else f"{v:g}"
 
 
-def run(seeds: int, max_trials: int) -> tuple[list[str], dict]:
+# Oracle seeds: the sampler's defaults were chosen on the TUNING oracles; the HELD-OUT ones were never
+# looked at while tuning, so their row is the honest estimate.
+SEED_SETS = {"tuning": 10_000, "held-out": 20_000}
+
+
+def run(seeds: int, max_trials: int, seed_set: str = "held-out") -> tuple[list[str], dict]:
     table: dict = {}
     for sc in SCENARIOS:
         t0 = time.time()
@@ -192,7 +197,7 @@ def run(seeds: int, max_trials: int) -> tuple[list[str], dict]:
         order = grid_order(space)
         ranked = np.lexsort((np.arange(len(space.pred)), -space.pred))
         for seed in range(seeds):
-            true = hidden_truth(space, 10_000 + seed)
+            true = hidden_truth(space, SEED_SETS[seed_set] + seed)
             good = true >= NEAR_BEST * true.max()
             counts["ours"].append(trials_to_land(ours(space, true, seed), good, max_trials))
             counts["top-k"].append(trials_to_land(ranked.tolist(), good, max_trials))
@@ -205,13 +210,13 @@ def run(seeds: int, max_trials: int) -> tuple[list[str], dict]:
         table[sc] = dict(counts=counts, num_feasible=len(space.pred), num_good_seed0=num_good,
                          top1_good_seed0=top1_good, seconds=time.time() - t0)
         print(f"{sc.label}: {len(space.pred):,} feasible, {time.time() - t0:.1f} s", flush=True)
-    lines = [f"| scenario | feasible | strategy | median trials | p90 | landed within {max_trials} |",
-             "|---|---:|---|---:|---:|---:|"]
+    lines = [f"| oracles | scenario | feasible | strategy | median trials | p90 | landed within {max_trials} |",
+             "|---|---|---:|---|---:|---:|---:|"]
     for sc, row in table.items():
         for name, v in row["counts"].items():
             arr = np.asarray(v)
             landed = int((arr <= max_trials).sum())
-            lines.append(f"| {sc.model} @ {sc.num_gpus} | {row['num_feasible']:,} | {name} | "
+            lines.append(f"| {seed_set} | {sc.model} @ {sc.num_gpus} | {row['num_feasible']:,} | {name} | "
                          f"{percentile_label(float(np.median(arr)), max_trials)} | "
                          f"{percentile_label(float(np.percentile(arr, 90)), max_trials)} | {landed}/{len(arr)} |")
     return lines, table
@@ -224,7 +229,9 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help=f"also write {RESULTS.relative_to(RESULTS.parents[2])}")
     args = ap.parse_args()
     t0 = time.time()
-    lines, table = run(args.seeds, args.max_trials)
+    lines, table = run(args.seeds, args.max_trials, "held-out")
+    tuning, _ = run(args.seeds, args.max_trials, "tuning")
+    lines += tuning[2:]
     print("\n".join(lines))
     print(f"({time.time() - t0:.0f} s)")
     if args.write:
@@ -239,12 +246,13 @@ def main() -> None:
             f"`> {args.max_trials}`: had not landed after {args.max_trials} trials.",
             "",
             "Caveat: the sampler's defaults (3 seeds, beta 1.0, mesh error sd 0.12) were picked by running this "
-            "benchmark, so `ours` is tuned to this oracle's kind of error; the oracle's own parameters were fixed "
-            "first and not changed. TPE and the grid never land within 100 trials because the knob product is "
+            "benchmark on the `tuning` oracles (seeds 10000+), so `ours` is tuned to this oracle's kind of error; "
+            "the `held-out` oracles (seeds 20000+) were not used for tuning and are the honest estimate. The "
+            "oracle's own parameters were fixed first and not changed. TPE and the grid never land within 100 trials because the knob product is "
             "mostly infeasible (TPE) and the grid starts at TP=1, PP=1 (AutoConfigurator narrows the ranges first).",
             "",
         ]
-        notes = [""] + [f"- {sc.label}: {row['num_good_seed0']} configs within 2% of the best for seed 0; the "
+        notes = [""] + [f"- {sc.label}: {row['num_good_seed0']} configs within 2% of the best for held-out seed 0; the "
                         f"predicted best is {'' if row['top1_good_seed0'] else 'not '}among them."
                         for sc, row in table.items()]
         RESULTS.write_text("\n".join(header + lines + notes) + "\n")
