@@ -125,6 +125,27 @@ def resolve_backend(req: SearchRequest, gpus_available: int | None) -> tuple[str
                         f"or --backend cpu for CPU-sized models")
 
 
+def host_memory_gib() -> float:
+    """Physical memory of this machine."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def check_cpu_trials_fit(phase: "AnalyticPhase", host_gib: float) -> None:
+    """--backend cpu on this machine: refuse at once when even the leanest feasible config cannot fit in
+    RAM, instead of letting every trial run out of memory. The GPU peak estimate stands in for a CPU
+    rank's (fp32 weights + grads + Adam is 16 bytes/param against the GPU's 18, activations in fp32
+    against bf16): an approximation, good enough to tell a CPU-sized model from a real one."""
+    n = phase.request.cluster.num_gpus
+    leanest = float(np.min(phase.ranked.peak_memory_gib)) if phase.result.num_feasible else 0.0
+    if leanest * n > host_gib:
+        raise ConfigError(
+            f"--backend cpu: the leanest feasible config of {phase.request.model.name} needs about {leanest:.0f} GiB "
+            f"per rank, {leanest * n:.0f} GiB for {n} ranks, and this machine has {host_gib:.0f} GiB; CPU trials "
+            f"are for CPU-sized models (tiny-dense, tiny-moe), or pass --address of a Ray cluster with GPUs")
+
+
 def analytic_phase(req: SearchRequest) -> AnalyticPhase:
     validate_space_for(req.space, req.model)
     resolved = "cpu" if req.backend == "cpu" else "gpu"
@@ -216,6 +237,8 @@ def run_trials(phase: AnalyticPhase, on_event: Callable[[Progress], None] = lamb
     from autotune.scheduler import RayScheduler
 
     req, study = phase.request, phase.study
+    if phase.backend == "cpu" and req.address is None and scheduler is None:
+        check_cpu_trials_fit(phase, host_memory_gib())
     close_interrupted(study)
     past = records(study)
     if past and not req.resume:

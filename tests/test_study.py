@@ -250,3 +250,17 @@ def test_time_budget_stops_new_trials_but_lets_running_ones_finish(tmp_path, mon
     assert [r.status for r in recs] == ["completed"] * 4
     assert seen[-1] == (4, 0)
     assert "--time-budget spent after 4 trials: no new trial starts, waiting for 1 running" in events
+
+
+def test_cpu_trials_of_a_model_too_big_for_the_host_are_refused_up_front(tmp_path):
+    """llama3-8b on 4 CPU ranks: even its leanest config needs far more than a host's RAM, so the search
+    stops before starting Ray with one line, instead of running trials that all run out of memory."""
+    big = S.SearchRequest(model=get_model("llama3-8b"), cluster=ClusterSpec.build(4),
+                          workload=Workload(seq_length=64, global_batch_size=8),
+                          space=default_space(get_model("llama3-8b")), out_root=tmp_path, backend="cpu")
+    phase = S.analytic_phase(big)
+    phase.backend = "cpu"
+    with pytest.raises(ConfigError, match=r"--backend cpu: the leanest feasible config of llama3-8b needs about"):
+        S.check_cpu_trials_fit(phase, host_gib=64.0)
+    tiny = _phase(tmp_path, backend="cpu")
+    S.check_cpu_trials_fit(tiny, host_gib=16.0)  # tiny-moe's 4 ranks fit a laptop
