@@ -131,17 +131,23 @@ def _ranks_started(trial_dir: Path, num_ranks: int) -> bool:
     return log.exists() and log.read_text(errors="replace").count("trial_runner.worker started") == num_ranks
 
 
+def _tiny_cpu_phase(tmp_path, *, num_gpus: int, num_trials: int, trial_time_limit_s: float) -> S.AnalyticPhase:
+    """A CPU search of tiny-moe on 2-GPU nodes, one warm-up and one measured step per trial."""
+    model = get_model("tiny-moe")
+    req = S.SearchRequest(model=model, cluster=ClusterSpec.build(num_gpus, gpus_per_node=2),
+                          workload=Workload(seq_length=64, global_batch_size=8), space=default_space(model),
+                          backend="cpu", num_trials=num_trials, trial_time_limit_s=trial_time_limit_s,
+                          out_root=tmp_path, warmup_iters=1, measured_iters=1)
+    phase = S.analytic_phase(req)
+    phase.backend = "cpu"
+    return phase
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_node_lost_mid_trial_fails_that_trial_and_the_study_goes_on(head_and_two_gpu_nodes, tmp_path):
     cluster = head_and_two_gpu_nodes
-    model = get_model("tiny-moe")
-    req = S.SearchRequest(model=model, cluster=ClusterSpec.build(2, gpus_per_node=2),
-                          workload=Workload(seq_length=64, global_batch_size=8), space=default_space(model),
-                          backend="cpu", num_trials=3, trial_time_limit_s=180, out_root=tmp_path,
-                          warmup_iters=1, measured_iters=1)
-    phase = S.analytic_phase(req)
-    phase.backend = "cpu"
+    phase = _tiny_cpu_phase(tmp_path, num_gpus=2, num_trials=3, trial_time_limit_s=180)
     sched = PlacementRecordingScheduler(backend="cpu", address=None, num_ranks=2)
     assert sched.num_nodes() == 3 and sched.total_gpus() == 4  # two trials run at once, one per GPU node
 
@@ -195,13 +201,7 @@ def test_a_node_lost_mid_trial_fails_that_trial_and_the_study_goes_on(head_and_t
 @pytest.mark.timeout(240)  # far below the trial's own limit: only the scheduler's cancel can end it in time
 def test_losing_one_node_of_a_two_node_trial_stops_the_other_node_at_once(head_and_two_gpu_nodes, tmp_path):
     cluster = head_and_two_gpu_nodes
-    model = get_model("tiny-moe")
-    req = S.SearchRequest(model=model, cluster=ClusterSpec.build(4, gpus_per_node=2),
-                          workload=Workload(seq_length=64, global_batch_size=8), space=default_space(model),
-                          backend="cpu", num_trials=1, trial_time_limit_s=900, out_root=tmp_path,
-                          warmup_iters=1, measured_iters=1)
-    phase = S.analytic_phase(req)
-    phase.backend = "cpu"
+    phase = _tiny_cpu_phase(tmp_path, num_gpus=4, num_trials=1, trial_time_limit_s=900)
     sched = PlacementRecordingScheduler(backend="cpu", address=None, num_ranks=4)
     removed: dict = {}
 
