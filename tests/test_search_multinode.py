@@ -55,15 +55,16 @@ class PlacementRecordingScheduler(RayScheduler):
                                      "nodes": table["bundles_to_node_id"], "pg": t.pg}
 
 
-@pytest.fixture
-def two_node_cluster():
+def _ray_cluster(head: dict, num_workers: int):
+    """A simulated multi-node Ray cluster (ray.cluster_utils) with 2-CPU, 2-GPU worker nodes, connected."""
     import ray
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=2, num_gpus=2))
-    cluster.add_node(num_cpus=2, num_gpus=2)
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    for _ in range(num_workers):
+        cluster.add_node(num_cpus=2, num_gpus=2)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
     try:
@@ -71,6 +72,11 @@ def two_node_cluster():
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture
+def two_node_cluster():
+    yield from _ray_cluster(dict(num_cpus=2, num_gpus=2), num_workers=1)
 
 
 @pytest.mark.slow
@@ -109,21 +115,7 @@ def test_four_rank_trial_spans_two_ray_nodes(two_node_cluster, tmp_path):
 @pytest.fixture
 def head_and_two_gpu_nodes():
     """A head without GPUs (the driver's node, which cluster_utils cannot remove) and two 2-GPU worker nodes."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, num_gpus=0))
-    for _ in range(2):
-        cluster.add_node(num_cpus=2, num_gpus=2)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
-    try:
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    yield from _ray_cluster(dict(num_cpus=1, num_gpus=0), num_workers=2)
 
 
 def _ranks_started(trial_dir: Path, num_ranks: int) -> bool:
