@@ -26,6 +26,7 @@ from autotune.config import JobConfig, Workload
 from autotune.cost_ranking import RankedSpace, rank_space
 from autotune.errors import ConfigError
 from autotune.export import BEST_FILE, best_document, write_yaml_atomic
+from autotune.interrupts import held_sigint
 from autotune.model_spec import ModelSpec
 from autotune.search_sampler import Observation, PriorSampler
 from autotune.space import SearchSpace, SpaceResult, enumerate_space, validate_space_for
@@ -295,30 +296,31 @@ def run_trials(phase: AnalyticPhase, on_event: Callable[[Progress], None] = lamb
                 # Unrounded: the sampler's memory correction compares these against the exact arrays.
                 predicted = {**phase.ranked.predicted(i), "peak_memory_gib": float(phase.ranked.peak_memory_gib[i]),
                              "tokens_per_s_per_gpu": float(phase.ranked.tokens_per_s_per_gpu[i])}
-                trial = study.ask()
-                asked[trial.number] = trial
-                candidate[trial.number] = i
-                for key, val in ((ATTR_KEY, job.parallel.canonical_key()), (ATTR_CONFIG, job.to_megatron_dict()),
-                                 (ATTR_PREDICTED, predicted)):
-                    trial.set_user_attr(key, val)
-                rec = TrialRecord(number=trial.number, config_key=job.parallel.canonical_key(),
-                                  config=job.to_megatron_dict(), status="running", predicted=predicted)
-                broken = constraints.violations(phase.request.model, req.cluster, job, req.allow_cross_node_tp)
-                if broken:  # never reaches a GPU
-                    reason = "; ".join(f"{v.rule}: {v.message}" for v in broken)
-                    finish(trial.number, replace(rec, status="pruned", reason=reason),
-                           optuna.trial.TrialState.PRUNED)
-                    prog.pruned += 1
-                    on_event(prog)
-                    continue
-                spec = TrialSpec(model=phase.request.model, job=job, backend=phase.backend,
-                                 time_limit_s=req.trial_time_limit_s, warmup_iters=req.warmup_iters,
-                                 measured_iters=req.measured_iters)
-                if adjust_spec is not None:  # test-only fault injection
-                    spec = adjust_spec(trial.number, spec)
-                label = job.parallel.short_name()
-                running.append((rec, sched.submit(trial.number, spec, label, req.cluster.gpus_per_node,
-                                                  phase.folder / "trials" / f"{trial.number:04d}")))
+                with held_sigint():  # asked, it is in `running` before Ctrl-C can land
+                    trial = study.ask()
+                    asked[trial.number] = trial
+                    candidate[trial.number] = i
+                    for key, val in ((ATTR_KEY, job.parallel.canonical_key()), (ATTR_CONFIG, job.to_megatron_dict()),
+                                     (ATTR_PREDICTED, predicted)):
+                        trial.set_user_attr(key, val)
+                    rec = TrialRecord(number=trial.number, config_key=job.parallel.canonical_key(),
+                                      config=job.to_megatron_dict(), status="running", predicted=predicted)
+                    broken = constraints.violations(phase.request.model, req.cluster, job, req.allow_cross_node_tp)
+                    if broken:  # never reaches a GPU
+                        reason = "; ".join(f"{v.rule}: {v.message}" for v in broken)
+                        finish(trial.number, replace(rec, status="pruned", reason=reason),
+                               optuna.trial.TrialState.PRUNED)
+                        prog.pruned += 1
+                        on_event(prog)
+                        continue
+                    spec = TrialSpec(model=phase.request.model, job=job, backend=phase.backend,
+                                     time_limit_s=req.trial_time_limit_s, warmup_iters=req.warmup_iters,
+                                     measured_iters=req.measured_iters)
+                    if adjust_spec is not None:  # test-only fault injection
+                        spec = adjust_spec(trial.number, spec)
+                    label = job.parallel.short_name()
+                    running.append((rec, sched.submit(trial.number, spec, label, req.cluster.gpus_per_node,
+                                                      phase.folder / "trials" / f"{trial.number:04d}")))
                 started += 1
                 prog.running = len(running)
                 prog.events.append(f"trial {trial.number} started: {label}")
@@ -326,30 +328,38 @@ def run_trials(phase: AnalyticPhase, on_event: Callable[[Progress], None] = lamb
                 continue
             if not running:
                 break
-            for handle, result in sched.wait_any([h for _, h in running]):
-                rec = next(r for r, h in running if h is handle)
-                running = [(r, h) for r, h in running if h is not handle]
-                measured = _measured(result, rec.number)
-                done = replace(rec, status=result.status, measured=measured,
-                               reason=None if measured else (result.error or result.status))
-                finish(rec.number, done, optuna.trial.TrialState.COMPLETE if measured else optuna.trial.TrialState.FAIL)
-                if measured:
-                    prog.done += 1
-                    if prog.best is None or measured["tokens_per_s_per_gpu"] > prog.best.measured["tokens_per_s_per_gpu"]:
-                        prog.best = done
-                else:
-                    prog.failed += 1
-                prog.running = len(running)
-                prog.events.append(f"trial {rec.number} {result.status}"
-                                   + (f": {measured['tokens_per_s_per_gpu']:,.1f} tokens/s/GPU" if measured else ""))
-                on_event(prog)
+            finished = sched.wait_any([h for _, h in running])
+            with held_sigint():  # a finished trial leaves `running` only once the study and trials.jsonl have it
+                for handle, result in finished:
+                    rec = next(r for r, h in running if h is handle)
+                    measured = _measured(result, rec.number)
+                    done = replace(rec, status=result.status, measured=measured,
+                                   reason=None if measured else (result.error or result.status))
+                    finish(rec.number, done,
+                           optuna.trial.TrialState.COMPLETE if measured else optuna.trial.TrialState.FAIL)
+                    running = [(r, h) for r, h in running if h is not handle]
+                    if measured:
+                        prog.done += 1
+                        best = prog.best.measured["tokens_per_s_per_gpu"] if prog.best else None
+                        if best is None or measured["tokens_per_s_per_gpu"] > best:
+                            prog.best = done
+                    else:
+                        prog.failed += 1
+                    prog.running = len(running)
+                    prog.events.append(f"trial {rec.number} {result.status}" + (
+                        f": {measured['tokens_per_s_per_gpu']:,.1f} tokens/s/GPU" if measured else ""))
+                    on_event(prog)
     finally:
-        for rec, handle in running:  # Ctrl-C or an error: stop what is in flight, record it as interrupted
-            sched.cancel(handle)
-            finish(rec.number, replace(rec, status="interrupted", reason="search stopped"),
-                   optuna.trial.TrialState.FAIL)
-        if scheduler is None:
-            sched.shutdown()
+        # Ctrl-C or an error: what is in flight is recorded as interrupted, then stopped. A further
+        # Ctrl-C waits until that is done, so it can neither lose a record nor orphan a trial's ranks.
+        with held_sigint():
+            for rec, _ in running:
+                finish(rec.number, replace(rec, status="interrupted", reason="search stopped"),
+                       optuna.trial.TrialState.FAIL)
+            for _, handle in running:
+                sched.cancel(handle)
+            if scheduler is None:
+                sched.shutdown()
     return records(study)
 
 

@@ -220,8 +220,10 @@ def test_ctrl_c_stops_the_trial_and_leaves_no_process(tmp_path):
     left = wait_until_gone(tag, 20)
     kill_tagged(tag)
     assert left == [], left
-    lines = jsonl(study_folder(out))
-    assert [line["status"] for line in lines] == ["interrupted"]
+    # The first trial is in flight when Ctrl-C is sent, but on a loaded machine it may finish before the
+    # driver takes the signal; either way it is recorded, and whatever was in flight is "interrupted".
+    statuses = [line["status"] for line in jsonl(study_folder(out))]
+    assert statuses in (["interrupted"], ["completed"], ["completed", "interrupted"]), (statuses, stderr[-3000:])
 
 
 def test_ctrl_c_exits_130(monkeypatch, capsys, tmp_path):

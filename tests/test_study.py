@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -222,6 +223,50 @@ def test_ctrl_c_stops_trials_in_flight_and_records_them(tmp_path):
     assert sched.cancelled == [0]
     assert [r.status for r in ST.records(phase.study)] == ["interrupted"]
     assert phase.study.trials[0].state.name == "FAIL"
+
+
+def test_ctrl_c_while_a_finished_trial_is_recorded_loses_nothing(tmp_path, monkeypatch):
+    """Ctrl-C landing while a completed trial is written to trials.jsonl: the record is finished first,
+    then the search stops. (Before held_sigint, the trial had left `running` and was lost.)"""
+    real_append = S.append_jsonl
+
+    def ctrl_c_then_append(path, record):
+        signal.raise_signal(signal.SIGINT)  # arrives here, halfway through recording the trial
+        real_append(path, record)
+
+    monkeypatch.setattr(S, "append_jsonl", ctrl_c_then_append)
+    sched = ScriptedScheduler(lambda spec, n: ("completed", 7.0, 0.1))  # 8 GPUs: trials 0 and 1 run together
+    phase = _phase(tmp_path, num_trials=4)
+    with pytest.raises(KeyboardInterrupt):
+        S.run_trials(phase, scheduler=sched)
+    # Both trials the scheduler handed back are recorded, measurement and all; no new trial started.
+    lines = [json.loads(x) for x in (phase.folder / ST.TRIALS_FILE).read_text().splitlines()]
+    assert [(x["number"], x["status"]) for x in lines] == [(0, "completed"), (1, "completed")]
+    assert [x["measured"]["tokens_per_s_per_gpu"] for x in lines] == [7.0, 7.0]
+    assert [t.state.name for t in phase.study.trials] == ["COMPLETE", "COMPLETE"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler put back
+
+
+def test_ctrl_c_while_a_trial_is_submitted_records_it_as_interrupted(tmp_path):
+    class CtrlCOnSubmit(ScriptedScheduler):
+        cancelled = []
+
+        def submit(self, *args):
+            handle = super().submit(*args)
+            signal.raise_signal(signal.SIGINT)  # the scheduler has it, `running` not yet
+            return handle
+
+        def cancel(self, handle):
+            self.cancelled.append(handle[0])
+
+    sched = CtrlCOnSubmit(lambda spec, n: ("completed", 1.0, 0.1))
+    phase = _phase(tmp_path, num_trials=2)
+    with pytest.raises(KeyboardInterrupt):
+        S.run_trials(phase, scheduler=sched)
+    assert sched.cancelled == [0]
+    assert [(r.number, r.status) for r in ST.records(phase.study)] == [(0, "interrupted")]
+    lines = [json.loads(x) for x in (phase.folder / ST.TRIALS_FILE).read_text().splitlines()]
+    assert [(x["number"], x["status"]) for x in lines] == [(0, "interrupted")]
 
 
 def test_time_budget_stops_new_trials_but_lets_running_ones_finish(tmp_path, monkeypatch):
