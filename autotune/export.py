@@ -13,7 +13,8 @@ Bridge overrides are Hydra-style `section.field=value` keys of megatron.bridge C
 Megatron-Bridge @ 067f987 src/megatron/bridge/training/config.py). FP8 exports per-tensor current
 scaling (Megatron `fp8_recipe="tensorwise"`, Bridge `bf16_with_fp8_current_scaling_mixed`), the recipe
 of the H100 perf tables the cost model is fitted on. Both exports turn on the overlaps the cost model
-assumes (cost.RunOptions): grad-reduce and param-gather overlap, and TP comm overlap with SP.
+assumes (cost.RunOptions): grad-reduce and param-gather overlap, and TP comm overlap with SP. Those
+settings come from autotune.run_settings, which the trial runner reads too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from autotune.atomic import write_text_atomic
 from autotune.cluster import ClusterSpec
 from autotune.config import JobConfig
 from autotune.errors import ConfigError, SpecFileError
+from autotune.run_settings import run_settings_for
 
 BEST_FILE = "best.yaml"
 Source = Literal["measured", "predicted"]
@@ -69,33 +71,26 @@ def megatron_args(job: JobConfig) -> list[str]:
         args += ["--pipeline-model-parallel-layout", p.pipeline_model_parallel_layout]
     args += ["--micro-batch-size", str(p.micro_batch_size), "--global-batch-size", str(w.global_batch_size),
              "--seq-length", str(w.seq_length), "--bf16"]
-    if w.precision == "fp8":  # per-tensor current scaling: the recipe of NVIDIA's H100 perf tables
-        args += ["--fp8-format", "hybrid", "--fp8-recipe", "tensorwise"]
-        if p.use_distributed_optimizer:
-            # FP8 primary weights, as Bridge's FP8 recipes and the memory model assume (memory_fp8.py);
-            # Megatron-LM allows them only with the distributed optimizer (arguments.py validate_args).
+    run = run_settings_for(job)
+    if run.fp8_format is not None:
+        args += ["--fp8-format", run.fp8_format, "--fp8-recipe", run.fp8_recipe]
+        if run.fp8_param_gather:
             args.append("--fp8-param-gather")
     return args
 
 
-def _tp_comm_overlap(job: JobConfig) -> bool:
-    # Megatron-LM validate_args: --tp-comm-overlap only with --sequence-parallel (TE userbuffers).
-    return job.parallel.tp > 1 and job.parallel.sequence_parallel
-
-
 def _overlap_flags(job: JobConfig) -> list[str]:
     """The overlaps the cost model assumes (cost.RunOptions defaults, as in NVIDIA's perf recipes)."""
-    flags = ["--overlap-grad-reduce"]
-    if job.parallel.use_distributed_optimizer:  # Megatron-LM: param-gather overlap needs the dist optimizer
-        flags.append("--overlap-param-gather")
-    if _tp_comm_overlap(job):
-        flags.append("--tp-comm-overlap")
-    return flags
+    run = run_settings_for(job)
+    named = [("--overlap-grad-reduce", run.overlap_grad_reduce), ("--overlap-param-gather", run.overlap_param_gather),
+             ("--tp-comm-overlap", run.tp_comm_overlap)]
+    return [flag for flag, on in named if on]
 
 
 def bridge_overrides(job: JobConfig) -> list[str]:
     """Megatron Bridge recipe overrides (`key=value`) for this config."""
     p, w = job.parallel, job.workload
+    run = run_settings_for(job)
     out = {
         "model.tensor_model_parallel_size": p.tp, "model.pipeline_model_parallel_size": p.pp,
         "model.virtual_pipeline_model_parallel_size": p.virtual_pipeline_model_parallel_size,
@@ -121,12 +116,13 @@ def bridge_overrides(job: JobConfig) -> list[str]:
         "train.micro_batch_size": p.micro_batch_size,
         "train.global_batch_size": w.global_batch_size,
         "ddp.use_distributed_optimizer": p.use_distributed_optimizer,
-        "ddp.overlap_grad_reduce": True, "ddp.overlap_param_gather": p.use_distributed_optimizer,
+        "ddp.overlap_grad_reduce": run.overlap_grad_reduce, "ddp.overlap_param_gather": run.overlap_param_gather,
         # Bridge applies its CommOverlapConfig last (training/comm_overlap.py), so TP overlap is set there.
-        "comm_overlap.tp_comm_overlap": _tp_comm_overlap(job),
+        "comm_overlap.tp_comm_overlap": run.tp_comm_overlap,
         **({"model.moe_token_dispatcher_type": "alltoall"} if p.ep * p.etp > 1 else {}),
         "optimizer.use_distributed_optimizer": p.use_distributed_optimizer,
-        "mixed_precision": "bf16_with_fp8_current_scaling_mixed" if w.precision == "fp8" else "bf16_mixed",
+        # Bridge's precision recipe with fp8="hybrid", fp8_recipe="tensorwise" (the run settings above).
+        "mixed_precision": "bf16_with_fp8_current_scaling_mixed" if run.fp8_format else "bf16_mixed",
     })
     return [f"{k}={_hydra(v)}" for k, v in out.items()]
 

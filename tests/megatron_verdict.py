@@ -44,8 +44,7 @@ def _verdict(item: dict, torch, dist, FakeStore) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("error", message=".*sequence parallelism must be used.*")
-            config = transformer_config(model, parallel, seq_length=workload.seq_length, dtype=torch.float32,
-                                        use_cpu_initialization=True)
+            config = transformer_config(model, parallel, dtype=torch.float32, use_cpu_initialization=True)
         stage = "initialize_model_parallel"
         dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=n)
         ps.initialize_model_parallel(

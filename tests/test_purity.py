@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 PURE_MODULES = ["autotune.model_spec", "autotune.params", "autotune.model_catalog", "autotune.cluster",
-                "autotune.config", "autotune.pipeline", "autotune.constraints", "autotune.space"]
+                "autotune.config", "autotune.pipeline", "autotune.constraints", "autotune.space",
+                "autotune.run_settings"]
 HEAVY = ["torch", "megatron", "optuna", "ray", "transformer_engine"]
 
 

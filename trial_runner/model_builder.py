@@ -13,8 +13,9 @@ from typing import Literal
 import torch
 
 from autotune.config import ParallelConfig
-from autotune.pipeline import megatron_virtual_stages
 from autotune.model_spec import ModelSpec
+from autotune.pipeline import megatron_virtual_stages
+from autotune.run_settings import RunSettings
 
 LayerSpecKind = Literal["transformer_engine", "local"]
 
@@ -48,11 +49,14 @@ def _activation(spec: ModelSpec):
     return {"swiglu": F.silu, "gelu": F.gelu, "squared_relu": squared_relu}[spec.activation]
 
 
-def transformer_config(model: ModelSpec, parallel: ParallelConfig, *, seq_length: int, dtype: torch.dtype,
-                       use_cpu_initialization: bool, fp8: bool = False):
-    """A TransformerConfig (or MLATransformerConfig) carrying every knob; Megatron validates it."""
-    from megatron.core.transformer import TransformerConfig
+def transformer_config_kwargs(model: ModelSpec, parallel: ParallelConfig, *, dtype: torch.dtype,
+                              use_cpu_initialization: bool, run: RunSettings | None = None) -> dict:
+    """The TransformerConfig fields of this model and config; needs no process group or GPU, and
+    Megatron validates them when the config is built.
 
+    `run`: the run settings the trial really runs with; only its FP8 fields matter here. None: no FP8.
+    MLA fields are added by transformer_config.
+    """
     kwargs = dict(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -95,9 +99,10 @@ def transformer_config(model: ModelSpec, parallel: ParallelConfig, *, seq_length
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
     )
-    if fp8:
-        # Megatron-LM's --fp8-format hybrid (E4M3 forward, E5M2 backward) with its default recipe.
-        kwargs.update(fp8="hybrid")
+    if run is not None and run.fp8_format is not None:
+        # What Megatron-LM's --fp8-format / --fp8-recipe / --fp8-param-gather set
+        # (arguments.py core_transformer_config_from_args: fp8_param = args.fp8_param_gather).
+        kwargs.update(fp8=run.fp8_format, fp8_recipe=run.fp8_recipe, fp8_param=run.fp8_param_gather)
     if parallel.recompute_granularity == "full":
         kwargs.update(recompute_method="uniform", recompute_num_layers=1)
     if model.moe is not None:
@@ -114,6 +119,16 @@ def transformer_config(model: ModelSpec, parallel: ParallelConfig, *, seq_length
             # Grouped GEMM needs TE or the grouped_gemm CUDA extension.
             moe_grouped_gemm=False,
         )
+    return kwargs
+
+
+def transformer_config(model: ModelSpec, parallel: ParallelConfig, *, dtype: torch.dtype,
+                       use_cpu_initialization: bool, run: RunSettings | None = None):
+    """A TransformerConfig (or MLATransformerConfig) carrying every knob; Megatron validates it."""
+    from megatron.core.transformer import TransformerConfig
+
+    kwargs = transformer_config_kwargs(model, parallel, dtype=dtype, use_cpu_initialization=use_cpu_initialization,
+                                       run=run)
     if model.mla is not None:
         from megatron.core.transformer import MLATransformerConfig
 
@@ -144,7 +159,7 @@ def _block_spec(config, layer_spec: LayerSpecKind, vp_stage: int | None):
 
 def build_model_chunks(model: ModelSpec, parallel: ParallelConfig, *, seq_length: int,
                        dtype: torch.dtype = torch.float32, layer_spec: LayerSpecKind = "local",
-                       use_cpu_initialization: bool = True, fp8: bool = False) -> list[torch.nn.Module]:
+                       use_cpu_initialization: bool = True, run: RunSettings | None = None) -> list[torch.nn.Module]:
     """This rank's GPTModel chunks (one per virtual pipeline stage), not yet wrapped in DDP.
 
     Needs initialised parallel state. Raises Megatron's own ValueError/AssertionError for configs
@@ -161,15 +176,14 @@ def build_model_chunks(model: ModelSpec, parallel: ParallelConfig, *, seq_length
             f"model {model.name!r} uses multi-latent attention, which needs Transformer Engine's core attention; "
             "the local layer spec cannot build it. Run this trial on a GPU node with transformer_engine installed"
         )
-    if fp8 and layer_spec != "transformer_engine":
+    if run is not None and run.fp8_format is not None and layer_spec != "transformer_engine":
         raise UnsupportedModelError(
             "precision fp8 needs Transformer Engine on a GPU node; this run uses the local layer spec. "
             "Use precision bf16 or run on a GPU node with transformer_engine installed"
         )
     # Multi-token-prediction layers (model.mtp_num_layers) are not built: autotune.params leaves
     # them out of the totals too, and a throughput probe of the main model does not need them.
-    config = transformer_config(model, parallel, seq_length=seq_length, dtype=dtype,
-                                use_cpu_initialization=use_cpu_initialization, fp8=fp8)
+    config = transformer_config(model, parallel, dtype=dtype, use_cpu_initialization=use_cpu_initialization, run=run)
     vocab = padded_vocab_size(model.vocab_size, parallel.tp)
     vpp = megatron_virtual_stages(parallel)  # an explicit layout sets the chunk count itself
     chunks: list[torch.nn.Module] = []

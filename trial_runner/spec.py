@@ -18,6 +18,7 @@ from autotune.atomic import write_text_atomic
 from autotune.config import JobConfig
 from autotune.errors import ConfigError
 from autotune.model_spec import ModelSpec
+from autotune.run_settings import RunSettings
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -51,6 +52,11 @@ class TrialSpec(BaseModel):
         "runs: CUDA maps far more address space than it uses",
     )
     learning_rate: float = Field(default=1e-3, gt=0, description="Adam lr; high enough that loss falls in a few steps")
+    overlap_data_parallel_comm: bool = Field(
+        default=True,
+        description="overlap DDP's grad reduce and param all-gather with compute, as exported; False runs "
+        "them after the backward / optimizer step instead (an A/B check that overlap changes no loss)",
+    )
     fault: Fault | None = Field(
         default=None, description="TEST ONLY: make rank `fault_rank` hang, raise, or produce a NaN loss"
     )
@@ -125,6 +131,11 @@ class TrialResult(BaseModel):
     versions: Versions = Field(default_factory=Versions)
     layer_spec: Literal["transformer_engine", "local"] | None = None
     dtype: str | None = Field(default=None, description="parameter dtype the run trained in")
+    run_settings: RunSettings | None = Field(
+        default=None,
+        description="overlaps and FP8 recipe the run really trained with (may be less than the export: "
+        "trial_runner.worker.trial_run_settings); None in results written before it was recorded",
+    )
     error: str | None = Field(default=None, description="on failure: the error message")
     failing_rank: int | None = Field(default=None, description="on failure: the first rank that failed")
     log_tail: str | None = Field(default=None, description="on failure: the last lines of that rank's log")

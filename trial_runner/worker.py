@@ -18,7 +18,9 @@ import time
 import traceback
 from pathlib import Path
 
+from autotune.config import ParallelConfig
 from autotune.pipeline import megatron_virtual_stages
+from autotune.run_settings import RunSettings, run_settings_for
 from trial_runner import procs
 from trial_runner.procs import die_with_parent
 from trial_runner.spec import PhaseTimings, TrialResult, TrialSpec, Versions
@@ -53,6 +55,25 @@ def _versions() -> Versions:
     except ImportError:
         te = None
     return Versions(torch=torch.__version__, megatron_core=mcore, transformer_engine=te, cuda=torch.version.cuda)
+
+
+def trial_run_settings(spec: TrialSpec) -> RunSettings:
+    """What this trial runs with: the exported settings (autotune.run_settings) less what it cannot run."""
+    exported = run_settings_for(spec.job)
+    overlap_dp = spec.overlap_data_parallel_comm
+    fp8 = spec.backend == "gpu" and exported.fp8_format is not None  # CPU trials train in fp32 (Trial.init)
+    return RunSettings(
+        overlap_grad_reduce=exported.overlap_grad_reduce and overlap_dp,
+        overlap_param_gather=exported.overlap_param_gather and overlap_dp,
+        # Off in every trial, so TP collectives are measured without it. It needs Transformer Engine
+        # userbuffers set up before the model is built, with a per-GEMM overlap config (Megatron-LM
+        # training/initialize.py::_initialize_tp_communicators, te.module.base.initialize_ub), which
+        # the runner does not do; CPU trials have no Transformer Engine at all.
+        tp_comm_overlap=False,
+        fp8_format=exported.fp8_format if fp8 else None,
+        fp8_recipe=exported.fp8_recipe if fp8 else None,
+        fp8_param_gather=exported.fp8_param_gather and fp8,
+    )
 
 
 # Text of an exhausted memory, whatever the cap: where each comes from.
@@ -145,6 +166,44 @@ def _apply_memory_cap(spec: TrialSpec) -> bool:
     return True
 
 
+def ddp_config_for(run: RunSettings, parallel: ParallelConfig):
+    """Megatron Core's DistributedDataParallelConfig for these run settings (no process group needed)."""
+    from megatron.core.distributed import DistributedDataParallelConfig
+
+    return DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, overlap_grad_reduce=run.overlap_grad_reduce,
+        overlap_param_gather=run.overlap_param_gather,
+        # Megatron-LM aligns param all-gathers across PP stages only under the interleaved schedule
+        # (arguments.py validate_args sets align_param_gather=False without VPP).
+        align_param_gather=run.overlap_param_gather and megatron_virtual_stages(parallel) is not None,
+        fp8_param_gather=run.fp8_param_gather,
+        use_distributed_optimizer=parallel.use_distributed_optimizer,
+        # bucket_size stays None: DDP then picks Megatron-LM's default, max(40M, 1M x DP) elements.
+    )
+
+
+def _one_or_list(funcs: list):
+    """The schedules take one callable for one model chunk and a list for interleaved chunks."""
+    return funcs[0] if len(funcs) == 1 else funcs
+
+
+def _install_sync_funcs(config, model: list, ddp_config) -> None:
+    """The DDP hooks the pipeline schedules call, as Megatron-LM's train() sets them (core_v0.16.1
+    megatron/training/training.py; align_grad_reduce is on by default there)."""
+    if ddp_config.overlap_grad_reduce:
+        # no_sync holds each bucket's reduce until the last micro-batch; start_grad_sync launches it.
+        config.no_sync_func = _one_or_list([m.no_sync for m in model])
+        config.grad_sync_func = _one_or_list([m.start_grad_sync for m in model])
+    if ddp_config.overlap_param_gather and ddp_config.align_param_gather:
+        config.param_sync_func = _one_or_list([m.start_param_sync for m in model])
+
+
+def _param_gather_in_forward(ddp_config) -> bool:
+    """Megatron-LM's should_disable_forward_pre_hook: the distributed optimizer's all-gather of the
+    updated parameters runs in the next forward (a forward pre-hook), not after optimizer.step()."""
+    return ddp_config.use_distributed_optimizer and ddp_config.overlap_param_gather
+
+
 class Trial:
     """The state of one rank's run, phase by phase."""
 
@@ -153,6 +212,7 @@ class Trial:
         self.parallel = spec.job.parallel
         self.losses: list[float] = []
         self.step = 0
+        self.run_settings = trial_run_settings(spec)
 
     # --- init -------------------------------------------------------------------------------
     def init(self) -> None:
@@ -188,29 +248,24 @@ class Trial:
     def _build(self) -> None:
         import torch
         from megatron.core import parallel_state
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.distributed import DistributedDataParallel
         from megatron.core.distributed.finalize_model_grads import finalize_model_grads
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         from trial_runner.model_builder import build_model_chunks, choose_layer_spec, count_local_parameters
 
-        spec, p = self.spec, self.parallel
+        spec, p, run = self.spec, self.parallel, self.run_settings
         self.layer_spec = choose_layer_spec(spec.backend)
         try:
             chunks = build_model_chunks(
                 spec.model, p, seq_length=spec.job.workload.seq_length, dtype=self.dtype,
-                layer_spec=self.layer_spec, use_cpu_initialization=spec.backend == "cpu",
-                # The CPU backend always trains in fp32 (see init); precision applies on GPU.
-                fp8=spec.backend == "gpu" and spec.job.workload.precision == "fp8",
+                layer_spec=self.layer_spec, use_cpu_initialization=spec.backend == "cpu", run=run,
             )
         except (ValueError, AssertionError) as exc:
             raise InvalidConfigError(f"Megatron refused the config: {type(exc).__name__}: {exc}") from exc
         self.num_parameters = count_local_parameters(chunks)
         config = chunks[0].config
-        ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-            use_distributed_optimizer=p.use_distributed_optimizer,
-        )
+        ddp_config = ddp_config_for(run, p)
         self.model = [
             # Megatron-LM buckets only the first chunk's grads (megatron/training/training.py).
             DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk, disable_bucketing=i > 0)
@@ -222,11 +277,13 @@ class Trial:
             optimizer="adam", lr=spec.learning_rate, weight_decay=0.0, clip_grad=1.0,
             bf16=self.dtype == torch.bfloat16, params_dtype=self.dtype,
             use_distributed_optimizer=p.use_distributed_optimizer,
+            # Megatron-LM copies these args into OptimizerConfig too (training.py get_megatron_optimizer_config).
+            overlap_param_gather=run.overlap_param_gather, fp8_recipe=run.fp8_recipe,
         )
         self.optimizer = get_megatron_optimizer(opt_config, self.model)
         config.finalize_model_grads_func = finalize_model_grads
         config.grad_scale_func = self.optimizer.scale_loss
-        config.no_sync_func = [m.no_sync for m in self.model] if len(self.model) > 1 else self.model[0].no_sync
+        _install_sync_funcs(config, self.model, ddp_config)
         self.config = config
         self.pp_last = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
         self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
@@ -323,9 +380,19 @@ class Trial:
 
     def _first_step(self, batches: list[dict]) -> None:
         """Megatron checks some knob combinations only on the first forward (e.g. MoE + TP
-        without SP in transformer_block.py); a ValueError raised there is a config refusal."""
+        without SP in transformer_block.py); a ValueError raised there is a config refusal.
+
+        With the param all-gather in the forward, the first step runs without it, as Megatron-LM's
+        train() does so that a bad init does not spread through the first all-gather: the parameters
+        are whole after init, and the hooks come on once a step has updated them (core_v0.16.1
+        training.py, disable_forward_pre_hook(param_sync=False) / enable_forward_pre_hook)."""
         import traceback as tb
 
+        gather_in_forward = _param_gather_in_forward(self.model[0].ddp_config)
+        if gather_in_forward:
+            for m in self.model:
+                m.disable_forward_pre_hook(param_sync=False)
+            param_sync_func, self.config.param_sync_func = self.config.param_sync_func, None
         try:
             self.train_step(batches)
         except ValueError as exc:
@@ -333,6 +400,10 @@ class Trial:
             if frames and "/megatron/" in frames[-1].filename:
                 raise InvalidConfigError(f"Megatron refused the config: ValueError: {exc}") from exc
             raise
+        if gather_in_forward:
+            for m in self.model:
+                m.enable_forward_pre_hook()
+            self.config.param_sync_func = param_sync_func
 
     def run(self, t_start: float) -> TrialResult:
         import torch
@@ -388,7 +459,7 @@ class Trial:
             timings=PhaseTimings(init_s=self.init_s, warmup_s=warmup_s, measured_s=measured_s,
                                  launch_s=_launch_s()),
             versions=_versions(), layer_spec=self.layer_spec, dtype=str(self.dtype).removeprefix("torch."),
-            error=error,
+            run_settings=self.run_settings, error=error,
         )
 
 
