@@ -163,6 +163,9 @@ def test_killed_driver_resumes_without_rerunning_completed_trials(tmp_path):
     before = jsonl(folder)
     completed = {r["config_key"]: r for r in before if r["status"] == "completed"}
     assert completed, before
+    # Trials the driver had started on Ray but not recorded when it died: usually one; none if, on a loaded
+    # machine, it finished just before the kill (the next one may then be asked but not yet placed).
+    in_flight = {int(d.name) for d in (folder / "trials").iterdir()} - {r["number"] for r in before}
     # Nothing of the killed driver's trials survives it: its Ray worker dies with the raylet (Ray's
     # fate-sharing), torchrun with that worker (PDEATHSIG) and each rank with torchrun or, failing that,
     # by watching its launcher (trial_runner.procs).
@@ -185,8 +188,10 @@ def test_killed_driver_resumes_without_rerunning_completed_trials(tmp_path):
     for key, rec in completed.items():  # every completed trial kept, with its measurement
         kept = [t for t in trials if t["config_key"] == key]
         assert len(kept) == 1 and kept[0]["status"] == "completed" and kept[0]["measured"] == rec["measured"]
-    interrupted = [t for t in trials if t["status"] == "interrupted"]
-    assert len(interrupted) == 1  # the trial in flight when the driver died
+    interrupted = {t["number"] for t in trials if t["status"] == "interrupted"}
+    # The trial in flight when the driver died, and no other, is closed as interrupted.
+    assert in_flight <= interrupted and len(interrupted) <= 1, (in_flight, interrupted)
+    assert not interrupted & {r["number"] for r in before}
     new = [t for t in trials if t["number"] > max(r["number"] for r in before) and t["status"] != "interrupted"]
     assert len(new) == 1 and new[0]["config_key"] not in completed
     assert len({t["config_key"] for t in trials}) == len(trials)  # no config ran twice
