@@ -63,6 +63,16 @@ BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "pipe
 # throughput climbs with sequence length from 512 and levels off by 8k. L / (L + 200) is our approximation
 # of that curve (set by hand, not fitted). It matters for CP, whose ring steps each see s/CP keys.
 FLASH_HALF_EFFICIENCY_KEYS = 200.0
+# Attention without flash attention (Megatron-LM 2021-2022 CoreAttention, megatron/model/transformer.py):
+# the QK^T and PV batched GEMMs over the full s x s square (the causal mask is applied, not skipped), and
+# fp16/bf16 traffic per score element. Forward: baddbmm writes the scores (2 bytes), the fused scale-mask-
+# softmax reads and writes them (4), dropout reads them and writes probabilities and a 1-byte mask (5), the
+# PV bmm reads the probabilities (2): 13 bytes. Backward: the PV grad reads the probabilities and writes
+# their gradient (4), dropout backward reads mask and gradient and writes (5), softmax backward reads output
+# and gradient and writes (6), the QK^T grads read the score gradient twice (4): 19 bytes. Counted by hand,
+# not fitted; korthikanti2022_table4.csv (per-layer times on A100) checks them in the throughput benchmark.
+NONFLASH_FWD_BYTES_PER_SCORE = 13.0
+NONFLASH_BWD_BYTES_PER_SCORE = 19.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +117,9 @@ class RunOptions:
     grad_reduce_in_fp32: bool = True  # DDP reduces gradients in fp32 (4 bytes) or in bf16 (2 bytes)
     tp_comm_overlap: bool = True  # Transformer Engine userbuffers overlap TP collectives with GEMMs
     overlap_p2p_comm: bool = True  # the interleaved schedule's pipeline sends overlap compute
+    # Fused flash attention (TE / FlashAttention, Megatron since 2023). False: the s x s scores are formed in
+    # memory (Megatron-LM 2021-2022: baddbmm + FusedScaleMaskSoftmax + dropout + bmm), see NONFLASH_*.
+    flash_attention: bool = True
     force_balanced_routing: bool = False  # moe_router_force_load_balancing (benchmark runs): no expert imbalance
     # MoE token exchange: "alltoall" (moe_token_dispatcher_type='alltoall', what Megatron-Bridge's MoE model
     # providers set), or moe_token_dispatcher_type='flex' with moe_flex_dispatcher_backend='hybridep' or
@@ -158,7 +171,13 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
         imbalance = 1.0 + (0.0 if options.force_balanced_routing else c.expert_load_cv) * w.imbalance_spread
         gemm = np.where(w.routed_gemms[:, None], per_gemm * imbalance, per_gemm).sum(axis=0) + w.cast_bytes / hbm
         keys = w.attention_key_len
-        attn = w.attention_flops / (peak_bf16 * c.attention_efficiency * keys / (keys + FLASH_HALF_EFFICIENCY_KEYS))
+        if options.flash_attention:
+            attn = w.attention_flops / (peak_bf16 * c.attention_efficiency * keys / (keys + FLASH_HALF_EFFICIENCY_KEYS))
+            attn_b = 2.5 * attn
+        else:
+            square_gemm = 2.0 * w.attention_flops / (peak_bf16 * c.gemm_efficiency)  # full square: twice the causal half
+            attn = square_gemm + NONFLASH_FWD_BYTES_PER_SCORE * w.attention_scores / hbm
+            attn_b = 2.0 * square_gemm + NONFLASH_BWD_BYTES_PER_SCORE * w.attention_scores / hbm
         elem = c.elementwise_passes * w.elementwise_bytes / hbm + w.cp_correction_bytes / hbm
         # TP collectives. Backward: Megatron overlaps the input-gradient all-reduce / reduce-scatter with
         # the weight-gradient GEMM (megatron/core/tensor_parallel/layers.py,
@@ -176,8 +195,8 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
         # EP all-to-all: the NVLink and NIC parts run at once; the slower sets the time.
         ep = c.moe_dispatch_overhead * imbalance * np.maximum(w.ep_nvlink_s, w.ep_internode_s) / net
         cp_f = np.maximum(w.cp_link_s / net - attn, 0.0)
-        cp_b = np.maximum(2 * w.cp_link_s / net - 2.5 * attn, 0.0)
-        compute_f, compute_b = gemm + attn + elem, 2 * gemm + 2.5 * attn + 2 * elem
+        cp_b = np.maximum(2 * w.cp_link_s / net - attn_b, 0.0)
+        compute_f, compute_b = gemm + attn + elem, 2 * gemm + attn_b + 2 * elem
         fwd = compute_f + tp_f + ep + cp_f
         # Full recompute re-runs the forward: its compute here, its TP / EP time under those keys.
         recompute = np.where(work.recompute == 2, compute_f + cp_f, np.where(work.recompute == 1, attn, 0.0))

@@ -58,6 +58,7 @@ class LayerWork:
     ep_nvlink_s: np.ndarray  # EP all-to-all dispatch + combine: the part to peers in the NVLink domain
     ep_internode_s: np.ndarray  # ... and the part to peers on other nodes (through the NIC), both nominal
     attention_key_len: np.ndarray  # keys one flash-attention call sees (s, or s/CP per ring step)
+    attention_scores: np.ndarray  # score elements (full s x s per head) one GPU would form without flash attention
 
 
 def _link_bw(span: np.ndarray, domain: int, cluster: ClusterSpec) -> np.ndarray:
@@ -185,6 +186,7 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
         g.add(tokens, m.kv_lora_rank, n * (m.qk_head_dim + m.v_head_dim) / tp)
         g.add(tokens, n * m.v_head_dim / tp, h)
         core_width = n * (q_head + m.v_head_dim) / tp
+        heads = n / tp
         kv_width = n * (q_head + m.v_head_dim) / tp  # CP exchanges the up-projected K and V
         q_width = n * m.v_head_dim / tp
     else:
@@ -193,6 +195,7 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
         g.add(tokens, h, q + 2 * kv)
         g.add(tokens, q, h)
         core_width = 2 * q
+        heads = model.num_attention_heads / tp
         kv_width = 2 * kv
         q_width = q  # per-rank width of the attention output
     # Causal flash attention with CP's load-balanced chunks: each rank does 1/(TP*CP) of the half s^2.
@@ -266,6 +269,7 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
         tp_link_s=num_tp_collectives * allreduce_s + etp_link, cp_link_s=cp_link, ep_nvlink_s=ep_nvlink,
         ep_internode_s=ep_internode,
         attention_key_len=np.broadcast_to(attention_key_len, tokens.shape),
+        attention_scores=tokens * s * heads,
     )
 
 
