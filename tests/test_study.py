@@ -76,6 +76,7 @@ class ScriptedScheduler:
     def __init__(self, outcome):
         self.outcome = outcome  # (spec, n-th submission) -> (status, tokens/s, peak GiB)
         self.submitted: list[str] = []
+        self.cancelled: list[int] = []  # trial numbers
 
     def total_gpus(self) -> int:
         return 8
@@ -93,7 +94,7 @@ class ScriptedScheduler:
         return [(h, h[1]) for h in running]
 
     def cancel(self, handle):
-        pass
+        self.cancelled.append(handle[0])
 
     def shutdown(self):
         pass
@@ -208,13 +209,8 @@ def test_backend_resolution(tmp_path):
 
 def test_ctrl_c_stops_trials_in_flight_and_records_them(tmp_path):
     class Interrupted(ScriptedScheduler):
-        cancelled = []
-
         def wait_any(self, running, timeout_s=1.0):
             raise KeyboardInterrupt
-
-        def cancel(self, handle):
-            self.cancelled.append(handle[0])
 
     sched = Interrupted(lambda spec, n: ("completed", 1.0, 0.1))
     phase = _phase(tmp_path, num_trials=1)
@@ -249,15 +245,10 @@ def test_ctrl_c_while_a_finished_trial_is_recorded_loses_nothing(tmp_path, monke
 
 def test_ctrl_c_while_a_trial_is_submitted_records_it_as_interrupted(tmp_path):
     class CtrlCOnSubmit(ScriptedScheduler):
-        cancelled = []
-
         def submit(self, *args):
             handle = super().submit(*args)
             signal.raise_signal(signal.SIGINT)  # the scheduler has it, `running` not yet
             return handle
-
-        def cancel(self, handle):
-            self.cancelled.append(handle[0])
 
     sched = CtrlCOnSubmit(lambda spec, n: ("completed", 1.0, 0.1))
     phase = _phase(tmp_path, num_trials=2)
