@@ -1,6 +1,6 @@
 """How many trials each search strategy needs to land within 2% of the best config, on a simulated oracle.
 
-    python benchmarks/search_efficiency.py [--seeds 20] [--max-trials 100] [--write]
+    python benchmarks/search_efficiency.py [--seeds 50] [--max-trials 100] [--write]
 
 No GPU is involved. The feasible space and its predicted speeds come from autotune (enumerate_space +
 rank_space). The oracle's true speed of a config is its prediction times a hidden, seeded, structured
@@ -224,7 +224,9 @@ def run(seeds: int, max_trials: int, seed_set: str = "held-out") -> tuple[list[s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=20, help="oracles (hidden errors) per scenario")
+    ap.add_argument("--seeds", type=int, default=50,
+                    help="oracles (hidden errors) per scenario and oracle set (50: a 20-seed median moves by a trial "
+                         "between cost-model refits)")
     ap.add_argument("--max-trials", type=int, default=100, help="trials a strategy gets before it counts as failed")
     ap.add_argument("--write", action="store_true", help=f"also write {RESULTS.relative_to(RESULTS.parents[2])}")
     args = ap.parse_args()
