@@ -9,6 +9,8 @@ import pytest
 
 from autotune.interrupts import held_sigint
 
+pytestmark = pytest.mark.usefixtures("python_sigint")
+
 
 def test_ctrl_c_inside_is_raised_after_the_block_completes():
     done = []

@@ -70,10 +70,16 @@ def kill_tagged(tag: str) -> None:
             pass
 
 
+def _default_sigint() -> None:
+    # A test run started in the background by a non-interactive shell has SIGINT ignored, and a child
+    # inherits that: the driver must start with the default, as from a terminal, for Ctrl-C to reach it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_search(args: list[str], tag: str) -> subprocess.Popen:
     env = dict(os.environ, AUTOTUNE_TEST_TAG=tag, PYTHONPATH=str(REPO))
     return subprocess.Popen([sys.executable, "-m", "autotune.cli", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def jsonl(folder: Path) -> list[dict]:

@@ -221,6 +221,7 @@ def test_ctrl_c_stops_trials_in_flight_and_records_them(tmp_path):
     assert phase.study.trials[0].state.name == "FAIL"
 
 
+@pytest.mark.usefixtures("python_sigint")
 def test_ctrl_c_while_a_finished_trial_is_recorded_loses_nothing(tmp_path, monkeypatch):
     """Ctrl-C landing while a completed trial is written to trials.jsonl: the record is finished first,
     then the search stops. (Before held_sigint, the trial had left `running` and was lost.)"""
@@ -243,6 +244,7 @@ def test_ctrl_c_while_a_finished_trial_is_recorded_loses_nothing(tmp_path, monke
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler put back
 
 
+@pytest.mark.usefixtures("python_sigint")
 def test_ctrl_c_while_a_trial_is_submitted_records_it_as_interrupted(tmp_path):
     class CtrlCOnSubmit(ScriptedScheduler):
         def submit(self, *args):
