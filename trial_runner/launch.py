@@ -23,7 +23,7 @@ from pathlib import Path
 
 from trial_runner import procs
 from trial_runner.spec import PhaseTimings, TrialResult, TrialSpec, read_result
-from trial_runner.worker import memory_symptom
+from trial_runner.worker import memory_symptom, peer_lost
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _WORKER_STARTED_MARKER = "trial_runner.worker started"  # printed by trial_runner.worker.main
@@ -164,6 +164,12 @@ def _compose(spec: TrialSpec, nproc: int, out_path: Path, work: Path, torchrun_l
     if written is not None:
         return written
     failure = _first_rank_failure(out_path, spec.num_ranks)
+    # A report that only says a peer went away is fallout: the peer that died without a report is the
+    # root cause when its log shows why.
+    if failure is None or peer_lost(failure.error or ""):
+        silent = _silent_memory_death(spec, nproc, work, base)
+        if silent is not None:
+            return silent
     if failure is not None:
         rank = failure.failing_rank or 0
         tail = _rank_log_tail(work / "ranks", rank % nproc) or _tail(torchrun_log)  # logs are by local rank
@@ -173,8 +179,15 @@ def _compose(spec: TrialSpec, nproc: int, out_path: Path, work: Path, torchrun_l
             status="launch_failed", error=f"torchrun exited with {returncode} before any worker started",
             log_tail=_tail(torchrun_log), **base,
         )
-    # A rank that dies in C++ (std::terminate, libgomp's exit) never reaches its Python handler, so no
-    # rank reported; under a memory cap its log still shows that memory ran out.
+    return TrialResult(
+        status="crashed", error=f"torchrun exited with {returncode} and no rank reported a result",
+        log_tail=_tail(torchrun_log), timings=PhaseTimings(), **base,
+    )
+
+
+def _silent_memory_death(spec: TrialSpec, nproc: int, work: Path, base: dict) -> TrialResult | None:
+    """A rank that died in C++ (std::terminate, libgomp's exit) never reaches its Python handler, so it
+    writes no report; under a memory cap its log still shows that memory ran out."""
     for local_rank in range(nproc):
         tail = _rank_log_tail(work / "ranks", local_rank)
         symptom = memory_symptom(tail, memory_capped=spec.memory_cap_gib is not None)
@@ -184,10 +197,7 @@ def _compose(spec: TrialSpec, nproc: int, out_path: Path, work: Path, torchrun_l
                 status="oom", error=f"local rank {local_rank} died without a report{cap}: {symptom}",
                 failing_rank=local_rank if spec.num_ranks == nproc else None, log_tail=tail, **base,
             )
-    return TrialResult(
-        status="crashed", error=f"torchrun exited with {returncode} and no rank reported a result",
-        log_tail=_tail(torchrun_log), timings=PhaseTimings(), **base,
-    )
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

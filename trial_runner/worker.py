@@ -96,6 +96,19 @@ _CAPPED_THREAD_TEXT = (
 )
 
 
+# A rank whose peer died sees its next collective fail: gloo's "Connection closed by peer" (tcp/pair.cc,
+# "typically caused by a remote worker crashing"), a reset connection, NCCL's "remote process exited".
+# That is the peer's failure, never this rank's config; the launcher looks for the peer's own evidence.
+_PEER_LOST_TEXT = ("connection closed by peer", "connection reset by peer", "remote worker crashing",
+                   "remote process exited")
+
+
+def peer_lost(text: str) -> bool:
+    """Whether an error only says that another rank went away."""
+    lowered = text.lower()
+    return any(n in lowered for n in _PEER_LOST_TEXT)
+
+
 def memory_symptom(text: str, memory_capped: bool) -> str | None:
     """The first line of `text` (an error or a log tail) that shows memory ran out, or None."""
     needles = _OOM_TEXT + (_CAPPED_THREAD_TEXT if memory_capped else ())
@@ -240,6 +253,8 @@ class Trial:
                 context_parallel_size=p.cp, expert_model_parallel_size=p.ep, expert_tensor_parallel_size=p.etp,
             )
         except (ValueError, AssertionError, RuntimeError) as exc:
+            if peer_lost(str(exc)):
+                raise  # a peer died while the groups were built: its failure, not a refusal of the config
             raise InvalidConfigError(f"initialize_model_parallel refused the config: {exc}") from exc
         tensor_parallel.model_parallel_cuda_manual_seed(spec.seed)
         torch.manual_seed(spec.seed)

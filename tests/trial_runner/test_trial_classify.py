@@ -112,3 +112,56 @@ def test_memory_symptom_in_a_log_needs_the_cap_for_thread_failures():
     assert memory_symptom(log, memory_capped=False) is None
     assert memory_symptom("libgomp: Thread creation failed: Resource temporarily unavailable", True)
     assert memory_symptom("terminate called after throwing an instance of 'std::bad_alloc'", False)
+
+
+def _evidence(tmp_path: Path, spec, report_error: str) -> tuple[Path, Path]:
+    """What a 2-rank trial leaves behind when local rank 0 dies in C++ without a report (its thread pool
+    could not start a thread under the memory cap: std::terminate) and rank 1 reports `report_error`.
+    The files are written by hand in the layout torchrun and the worker use; the real run of this case
+    is test_trial_failures.py::test_a_cap_too_low_for_the_ranks_threads_gives_oom."""
+    from trial_runner.spec import TrialResult
+
+    work, out = tmp_path / "work", tmp_path / "result.json"
+    log = work / "ranks" / "run_1" / "attempt_0" / "0" / "stderr.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("terminate called after throwing an instance of 'std::system_error'\n"
+                   "  what():  Resource temporarily unavailable\n")
+    report = TrialResult(status="crashed", error=report_error, failing_rank=1, config_key=spec.job.parallel.canonical_key(),
+                         num_ranks=2, backend="cpu")
+    report.write_atomic(out.with_name(f"{out.name}.rank1.json"))
+    return work, out
+
+
+def test_a_peer_lost_report_yields_to_the_rank_that_died_of_memory(make_spec, tmp_path):
+    from trial_runner.launch import _compose
+
+    spec = make_spec("tiny-moe", num_gpus=2, memory_cap_gib=1.2)
+    base = dict(config_key=spec.job.parallel.canonical_key(), num_ranks=2, backend="cpu")
+    work, out = _evidence(tmp_path, spec, "RuntimeError: Gloo connectFullMesh failed with [pair.cc:553] "
+                                          "Connection closed by peer [127.0.0.1]:3766")
+    result = _compose(spec, 2, out, work, tmp_path / "torchrun.log", 1, False, base)
+    assert result.status == "oom" and result.failing_rank == 0, result
+    assert "memory_cap_gib=1.2" in result.error and "terminate called" in result.error
+    assert "Resource temporarily unavailable" in result.log_tail
+
+
+def test_a_rank_s_own_failure_report_is_kept(make_spec, tmp_path):
+    from trial_runner.launch import _compose
+
+    spec = make_spec("tiny-moe", num_gpus=2, memory_cap_gib=1.2)
+    base = dict(config_key=spec.job.parallel.canonical_key(), num_ranks=2, backend="cpu")
+    work, out = _evidence(tmp_path, spec, "ValueError: injected crash on rank 1")
+    result = _compose(spec, 2, out, work, tmp_path / "torchrun.log", 1, False, base)
+    assert result.status == "crashed" and result.failing_rank == 1 and "injected crash" in result.error
+
+
+@pytest.mark.parametrize("text,lost", [
+    ("Gloo connectFullMesh failed with [../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:3766", True),
+    ("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection reset by peer", True),
+    ("NCCL error: remote process exited or there was a network error", True),
+    ("num_query_groups (3) must be a multiple of tensor_model_parallel_size (2)", False),
+])
+def test_peer_lost(text, lost):
+    from trial_runner.worker import peer_lost
+
+    assert peer_lost(text) is lost
