@@ -17,9 +17,11 @@ class held_sigint:  # noqa: N801 - used as a statement-like context manager: `wi
 
     def __enter__(self) -> "held_sigint":
         self._caught = False
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._note)
+        self._installed = threading.current_thread() is threading.main_thread()
+        if self._installed:
+            # None: the handler was not set from Python (an embedding host); the default is what we can restore.
+            previous = signal.signal(signal.SIGINT, self._note)
+            self._previous = signal.SIG_DFL if previous is None else previous
         return self
 
     def _note(self, signum, frame) -> None:
@@ -27,7 +29,7 @@ class held_sigint:  # noqa: N801 - used as a statement-like context manager: `wi
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._previous is None:
+        if not self._installed:
             return
         signal.signal(signal.SIGINT, self._previous)
         # An exception already leaving the block stops the search anyway; raising over it would hide it.
