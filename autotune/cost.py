@@ -11,21 +11,27 @@ Model (the physical work comes from cost_terms.py; here it becomes seconds):
   quantised copies of the GEMM inputs. Core attention is flash attention in bf16 at its own
   efficiency, lower on short key ranges (CP ring steps); backward = 2x GEMMs and 2.5x attention
   (flash-attention backward runs five GEMMs to the forward's two).
-- Memory-bound work (norms, activations, MoE permutation, cross-entropy) at HBM bandwidth.
+- Streaming memory-bound work (norms, residuals, activation functions, cross-entropy) at HBM bandwidth,
+  counted, not scaled. MoE token handling (permutation, the routed experts' activation: gathers and
+  scatters by index) at HBM bandwidth times a fitted factor.
+- A fitted fixed time per layer and micro-batch (kernel launches and partial last waves; twice in
+  backward), which no FLOP or byte count sees and which weighs most on narrow layers and small shards.
 - TP collectives (all-reduce, or all-gather + reduce-scatter with SP; same bytes), NVLink inside the
   NVLink domain. Backward ones overlap the weight-gradient GEMM; forward ones are exposed unless TP comm
-  overlap (userbuffers) pipelines them in TP chunks. No fitted constant.
+  overlap (userbuffers) pipelines them in TP chunks. SP without userbuffers also exposes the backward
+  all-gather of the gradient (half the forward's bytes). No fitted constant.
 - CP ring exchange of K,V, hidden behind the attention compute where it can be, plus each ring step's
   fp32 output correction.
 - EP dispatch + combine, NVLink / NIC by placement: tokens x top-k x hidden with the alltoall dispatcher,
   one copy per destination node over the NIC and per destination GPU over NVLink with the flex dispatcher's
-  HybridEP / DeepEP backends (cost_terms.ep_exchange_copies); times a fitted dispatcher factor and a
-  load-imbalance factor (the busiest of EP ranks sets the pace).
+  HybridEP / DeepEP backends (cost_terms.ep_exchange_copies); times a fitted dispatcher factor (at least 1:
+  the exchange is not overlapped) and a load-imbalance factor (the busiest of EP ranks sets the pace).
 - Recompute: selective re-runs core attention forward, full re-runs the whole layer forward.
 - Pipeline: m micro-batches at the pace of the slowest stage, plus the fill/drain bubble
   (PP-1)/VPP x the mean stage time (Narayanan et al. 2021, arXiv 2104.04473 Sec. 2.2: bubble
   fraction (p-1)/m for 1F1B, (p-1)/(v.m) interleaved), plus the activation sends (VPP of them per
-  micro-batch with interleaving, overlapped with compute there).
+  micro-batch with interleaving, overlapped with compute there unless overlap_p2p_comm is off; split over
+  the TP ranks with SP, or with Megatron-LM 2021-2022's scatter-gather).
 - DP: gradient reduce-scatter + parameter all-gather (distributed optimizer) or all-reduce, over DP x CP
   for dense and EDP for expert params, in the gradient dtype of the run, hierarchically: NVLink among the
   group's members on a node, the NIC for the 1/L share each of the L members exchanges with other nodes
@@ -83,8 +89,9 @@ class CostConstants:
     fp8_gemm_efficiency: float  # fraction of the fp8 dense peak a large fp8 GEMM reaches
     gemm_memory_weight: float  # weight of the GEMM roofline memory term (small-shard penalty)
     attention_efficiency: float  # fraction of the bf16 peak flash attention reaches
-    elementwise_passes: float  # multiplier on the estimated memory-bound bytes per layer
-    moe_dispatch_overhead: float  # multiplier on EP all-to-all time (dispatcher overhead; overlap lowers it)
+    layer_overhead_s: float  # fixed time of one layer's forward per micro-batch (kernel launches and tails); 2x backward
+    moe_token_passes: float  # multiplier on the MoE token-handling bytes (permutation, routed experts' activation)
+    moe_dispatch_overhead: float  # multiplier on EP all-to-all time (dispatcher overhead; fitted >= 1)
     expert_load_cv: float  # coefficient of variation of one routed expert's token load (dropless routing)
     network_efficiency: float  # achieved fraction of the nominal NVLink / NIC bandwidth
 
@@ -117,6 +124,11 @@ class RunOptions:
     grad_reduce_in_fp32: bool = True  # DDP reduces gradients in fp32 (4 bytes) or in bf16 (2 bytes)
     tp_comm_overlap: bool = True  # Transformer Engine userbuffers overlap TP collectives with GEMMs
     overlap_p2p_comm: bool = True  # the interleaved schedule's pipeline sends overlap compute
+    # Megatron-LM 2021-2022 (scatter_gather_tensors_in_pipeline, on by default since 2021-02): without SP each
+    # TP rank sends only its 1/TP share of the activation to the next stage, which all-gathers it over NVLink
+    # (Narayanan et al. 2021, arXiv 2104.04473 Sec. 4.1). Megatron Core has no such option (with SP the
+    # activation is already split).
+    p2p_scatter_gather: bool = False
     # Fused flash attention (TE / FlashAttention, Megatron since 2023). False: the s x s scores are formed in
     # memory (Megatron-LM 2021-2022: baddbmm + FusedScaleMaskSoftmax + dropout + bmm), see NONFLASH_*.
     flash_attention: bool = True
@@ -178,7 +190,12 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
             square_gemm = 2.0 * w.attention_flops / (peak_bf16 * c.gemm_efficiency)  # full square: twice the causal half
             attn = square_gemm + NONFLASH_FWD_BYTES_PER_SCORE * w.attention_scores / hbm
             attn_b = 2.0 * square_gemm + NONFLASH_BWD_BYTES_PER_SCORE * w.attention_scores / hbm
-        elem = c.elementwise_passes * w.elementwise_bytes / hbm + w.cp_correction_bytes / hbm
+        elem = (w.elementwise_bytes + c.moe_token_passes * w.moe_token_bytes + w.cp_correction_bytes) / hbm
+        # A layer runs a few dozen kernels per pass (norms, GEMMs, casts and amax updates, attention, activation,
+        # bias-dropout-add), each with a launch and a partial last wave that no byte or FLOP count sees; this
+        # time does not shrink with the shard, so it weighs most on narrow models and small micro-batches.
+        # Backward runs about twice the kernels.
+        fixed = c.layer_overhead_s
         # TP collectives. Backward: Megatron overlaps the input-gradient all-reduce / reduce-scatter with
         # the weight-gradient GEMM (megatron/core/tensor_parallel/layers.py,
         # LinearWithGradAccumulationAndAsyncCommunication), so only what outlasts that GEMM is exposed.
@@ -187,16 +204,23 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
         # transfer that outlasts the GEMMs) exposed; without it the forward collectives are all exposed.
         # Userbuffers overlap works on SP's all-gather / reduce-scatter only (Megatron-LM validate_args:
         # --tp-comm-overlap needs --sequence-parallel), so a TP > 1 config without SP gets no overlap.
+        # SP without userbuffers moves more in backward than the all-reduces it replaces: the column-parallel
+        # GEMMs re-gather their sequence-split input for the weight gradient (hidden behind the input-gradient
+        # GEMM) and reduce-scatter the input gradient (behind the weight-gradient GEMM), both asynchronous
+        # (layers.py, LinearWithGradAccumulationAndAsyncCommunication.backward), while the backward of each
+        # reduce-scatter is a blocking all-gather of the gradient (mappings.py,
+        # _ReduceScatterToSequenceParallelRegion.backward): half of the forward's bytes, exposed.
         tp_all = w.tp_link_s / net
         tp_chunked = tp_all / w.tp + np.maximum(tp_all * (w.tp - 1) / w.tp - gemm, 0.0)
         ub = options.tp_comm_overlap & work.sequence_parallel
         tp_f = np.where(ub, tp_chunked, tp_all)
-        tp_b = np.where(ub, tp_chunked, np.maximum(tp_all - gemm, 0.0))
+        tp_b_plain = np.maximum(tp_all - gemm, 0.0)
+        tp_b = np.where(ub, tp_chunked, np.where(work.sequence_parallel, tp_all / 2 + tp_b_plain, tp_b_plain))
         # EP all-to-all: the NVLink and NIC parts run at once; the slower sets the time.
         ep = c.moe_dispatch_overhead * imbalance * np.maximum(w.ep_nvlink_s, w.ep_internode_s) / net
         cp_f = np.maximum(w.cp_link_s / net - attn, 0.0)
         cp_b = np.maximum(2 * w.cp_link_s / net - attn_b, 0.0)
-        compute_f, compute_b = gemm + attn + elem, 2 * gemm + attn_b + 2 * elem
+        compute_f, compute_b = gemm + attn + elem + fixed, 2 * gemm + attn_b + 2 * (elem + fixed)
         fwd = compute_f + tp_f + ep + cp_f
         # Full recompute re-runs the forward: its compute here, its TP / EP time under those keys.
         recompute = np.where(work.recompute == 2, compute_f + cp_f, np.where(work.recompute == 1, attn, 0.0))
@@ -248,6 +272,8 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
     # the interleaved schedule posts those sends alongside the next chunk's compute, so only what outlasts
     # one chunk's forward is exposed. 1F1B sends, and all sends without that option, are blocking.
     send = work.p2p_link_s / net
+    if options.p2p_scatter_gather:
+        send = np.where(work.sequence_parallel, send, send / work.dense.tp)
     chunk_fwd = t_max / (3 * work.vpp)
     overlapped = (work.vpp > 1) & options.overlap_p2p_comm
     out["p2p"] = 2 * m * np.where(overlapped, work.vpp * np.maximum(send - chunk_fwd, 0.0), work.vpp * send)

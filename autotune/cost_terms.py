@@ -50,7 +50,8 @@ class LayerWork:
     imbalance_spread: np.ndarray  # busiest EP rank's load above the mean, per unit of per-expert CV
     cast_bytes: np.ndarray  # fp8 only: the quantised copies of the GEMM inputs Transformer Engine writes
     attention_flops: np.ndarray  # core attention (flash attention, always bf16)
-    elementwise_bytes: np.ndarray  # norms, residuals, activation functions, MoE permutation (rough: scaled by a fit)
+    elementwise_bytes: np.ndarray  # norms, residuals, dense / shared-expert activation function (streaming, counted)
+    moe_token_bytes: np.ndarray  # MoE token permutation and the routed experts' activation function (scaled by a fit)
     cp_correction_bytes: np.ndarray  # CP ring attention's per-step fp32 output rescaling (counted exactly)
     tp: np.ndarray  # tensor-parallel degree (the number of chunks TP comm overlap pipelines)
     tp_link_s: np.ndarray  # TP (and ETP) collectives at nominal link bandwidth
@@ -228,9 +229,12 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
         # lies about sqrt(2 ln EP) spreads above the mean (the extreme-value bound for Gaussian maxima).
         # cost.combine scales the expert GEMMs and the all-to-all by 1 + cv * this spread.
         imbalance_spread = np.sqrt(2 * np.log(np.maximum(ep, 1.0))) / np.sqrt(local_experts)
-        act_width = gated * (moe.shared_expert_ffn_hidden_size / tp) + copies / tokens * gated * (
-            moe.moe_ffn_hidden_size / etp)
-        elementwise_extra = 4.0 * copies * h * 2  # permute + unpermute, read and write
+        act_width = gated * (moe.shared_expert_ffn_hidden_size / tp)
+        # Token handling of the routed experts, kept apart from the streaming passes below: permute + unpermute
+        # (read and write each copy's hidden state) and the activation function over every copy's expert
+        # intermediate. These are gathers and scatters by index, not streaming passes, so cost.combine scales
+        # them by a fitted multiplier (moe_token_passes).
+        moe_token = 4.0 * copies * h * 2 + 2.0 * copies * gated * moe.moe_ffn_hidden_size / etp
         # Token exchange: peers in the NVLink domain are reached over NVLink, the rest over the NIC (an EP
         # group spans ETP*EP consecutive ranks, stride ETP, so ranks_per_node of it share a domain).
         span = etp * ep
@@ -248,11 +252,13 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
         g.add(tokens, h, gated * ffn)
         g.add(tokens, ffn, h)
         act_width = (gated + 1) * ffn
-        elementwise_extra = 0.0
+        moe_token = np.zeros_like(tokens)
 
     # Two norms, two residual adds, rope/bias/dropout: ~10 reads+writes of the hidden state, plus the
-    # activation function over the MLP intermediate.
-    elementwise = 2.0 * (10 * tokens_sp * h + tokens * act_width) + elementwise_extra
+    # activation function over the MLP intermediate. Streaming kernels: cost.combine counts these bytes at
+    # HBM bandwidth, unscaled (Korthikanti et al. 2022 Table 4 checks the hidden-state part: TP8 repeats it
+    # on every rank without SP).
+    elementwise = 2.0 * (10 * tokens_sp * h + tokens * act_width)
     # CP ring attention (Transformer Engine AttnFuncWithCPAndKVP2P) runs one flash-attention call per
     # ring step over a KV chunk of s/CP keys, and after each step rescales the partial output and its
     # log-sum-exp in fp32: one read + write of the output per step, forward and again in backward.
@@ -266,6 +272,7 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
         tp=tp,
         imbalance_spread=np.broadcast_to(imbalance_spread, tokens.shape), cast_bytes=np.broadcast_to(g.cast_bytes, tokens.shape),
         attention_flops=attention_flops, elementwise_bytes=elementwise,
+        moe_token_bytes=np.broadcast_to(moe_token, tokens.shape),
         tp_link_s=num_tp_collectives * allreduce_s + etp_link, cp_link_s=cp_link, ep_nvlink_s=ep_nvlink,
         ep_internode_s=ep_internode,
         attention_key_len=np.broadcast_to(attention_key_len, tokens.shape),
