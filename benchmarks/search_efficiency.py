@@ -24,7 +24,8 @@ A strategy that has not landed after --max-trials counts as max-trials + 1 ("> N
 Reports, per scenario and strategy, the median with a bootstrap 95% interval, the 90th percentile and how
 often it landed. Trial counts are small integers with a long tail, so a median over few oracles is coarse:
 with the cost model of commit 144d1ca the mixtral median read 5.5 over 50 held-out oracles and 4 over 50
-tuning ones, and 4 on both over 400, hence 400 by default. TPE, 0.3 s per oracle and seldom landing within 100 trials, runs on the first --tpe-seeds of them.
+tuning ones, and 4 on both over 400, hence 400 by default. TPE, 0.3 s per oracle and seldom landing
+within 100 trials, runs on the first --tpe-seeds of them.
 """
 
 from __future__ import annotations
@@ -270,7 +271,8 @@ def main() -> None:
             "set; over 400 both sets read 4 (cost model of commit 144d1ca), so the 50-oracle figure was sampling "
             "noise; the interval column shows how much is left. After the cost model's refit (commit 425bd60) "
             "mixtral reads 5 on both sets, and 1-4 seeds or beta 0.7-1.5 all read 5 on the tuning set, so the "
-            "defaults stayed. TPE and the grid seldom land within 100 trials (median over 100) because the knob product is "
+            "defaults stayed. TPE and the grid seldom land within 100 trials (median over 100) because the knob "
+            "product is "
             "mostly infeasible (TPE) and the grid starts at TP=1, PP=1 (AutoConfigurator narrows the ranges first).",
             "",
         ]
