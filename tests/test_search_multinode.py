@@ -87,9 +87,13 @@ _SUMMARY = re.compile(r"\b\d+ (passed|failed|errors?)\b")
 def _run_child(node: str, basetemp: Path) -> tuple[int, str]:
     """Run one test in a child pytest; its exit code and output, with its Ray driver's warnings and errors."""
     started = time.time()
+    # Ray's C++ client gives up on an unanswering GCS after 60 s and ends its process ("The program will
+    # terminate", exit 1); three simulated nodes and four Megatron ranks on a 2-core CI machine can starve the
+    # GCS (ray-project/ray#34334 saw the same on a CPU-saturated cluster), so the child's Ray waits longer.
+    env = dict(os.environ, **{_IN_CHILD: "1", "RAY_gcs_rpc_server_reconnect_timeout_s": "300"})
     # The child's own temporary root, inside this test's: its session then never rotates this one's away.
     child = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={basetemp}",
-                              node], cwd=REPO, env=dict(os.environ, **{_IN_CHILD: "1"}), stdout=subprocess.PIPE,
+                              node], cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)  # nor a signal to its group
     try:
         out, _ = child.communicate()  # bounded by this test's timeout mark, which the child also has
