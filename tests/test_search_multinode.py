@@ -58,14 +58,14 @@ def in_own_process(test):
         node = f"{Path(__file__).relative_to(REPO)}::{test.__name__}"
         crashes = []
         for attempt in (1, 2):
-            code, out = _run_child(node, kwargs["tmp_path"] / f"child{attempt}")
+            code, out, ray_log = _run_child(node, kwargs["tmp_path"] / f"child{attempt}")
             if code == 0:
                 break
             if _SUMMARY.search(out):  # the child's pytest reported a failure of the test itself: never retried
-                pytest.fail(f"{node} failed in its own process (exit {code}):\n{out[-6000:]}", pytrace=False)
+                pytest.fail(f"{node} failed in its own process (exit {code}):\n{out[-6000:]}{ray_log}", pytrace=False)
             # The child's process ended with no pytest summary (as when Ray's C++ side ends it). Retried
             # once, and reported as a warning when the retry passes, so it is never silent.
-            crashes.append(f"attempt {attempt}: exit {code}\n{out[-3000:]}")
+            crashes.append(f"attempt {attempt}: exit {code}\n{out[-3000:]}{ray_log}")
         else:
             pytest.fail(f"{node}: its process died twice without a pytest summary:\n" + "\n".join(crashes),
                         pytrace=False)
@@ -84,8 +84,9 @@ def timeout(child_s: int):
 _SUMMARY = re.compile(r"\b\d+ (passed|failed|errors?)\b")
 
 
-def _run_child(node: str, basetemp: Path) -> tuple[int, str]:
-    """Run one test in a child pytest; its exit code and output, with its Ray driver's warnings and errors."""
+def _run_child(node: str, basetemp: Path) -> tuple[int, str, str]:
+    """Run one test in a child pytest: its exit code, its output, and (when it failed) its Ray driver's
+    warnings and errors."""
     started = time.time()
     # Ray's C++ client gives up on an unanswering GCS after 60 s and ends its process ("The program will
     # terminate", exit 1); three simulated nodes and four Megatron ranks on a 2-core CI machine can starve the
@@ -101,7 +102,7 @@ def _run_child(node: str, basetemp: Path) -> tuple[int, str]:
         child.kill()  # its Ray processes and trials end with it (fate sharing, the trial runner's chain)
         child.wait()
         raise
-    return child.returncode, out + (_ray_driver_errors(child.pid, started) if child.returncode else "")
+    return child.returncode, out, _ray_driver_errors(child.pid, started) if child.returncode else ""
 
 
 def _ray_driver_errors(pid: int, since: float) -> str:
