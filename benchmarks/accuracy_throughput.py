@@ -715,8 +715,10 @@ LOW_RANK_NOTES = {
     "gpt-oss-120b": (
         "Our pick is the recipe's own TP1 PP4 EP8 with interleaving (VPP2), an uneven split that offloads the stage "
         "running the 201k-vocabulary output layer, and micro-batch 4 with full recompute, predicted about 11% "
-        "faster: the fixed per-layer time (layer_overhead_s) is paid per micro-batch, so fewer, larger micro-batches "
-        "amortise it. NVIDIA's own data lean against the larger micro-batch: the 25.11 recipe at MBS 4 ran at 5630 "
+        "faster. Most of that gain is in the routed-expert GEMMs: our roofline (gemm_memory_weight) makes them "
+        "memory-bound at micro-batch 1 (1,024 tokens per expert; 2.3x their math time) and far less at micro-batch 4 "
+        "(1.2x); the fixed per-layer time, paid per micro-batch, adds the rest. NVIDIA's own data lean against the "
+        "larger micro-batch: the 25.11 recipe at MBS 4 ran at 5630 "
         "tok/s, the later MBS 1 recipes at 5810-5993 (other software, though), and we predict MBS 4 faster. The "
         "recipe sets no VPP (perf_recipes/gpt_oss/common.py: virtual_pipeline_model_parallel_size=None) and "
         "recomputes layernorm and MoE activations to fit in 80 GB, so memory may also decide; the published MBS 1 "
