@@ -1,0 +1,305 @@
+"""The published throughput rows the cost model is fitted and ranked on, and the settings each run used.
+
+One `Row` per published measurement the tool can express (../shared/refdata, cited per row): NeMo /
+Megatron-Bridge H100 perf tables, Megatron-LM's H100 scaling table, and Narayanan et al. 2021 and
+Korthikanti et al. 2022 on A100. Used by accuracy_throughput.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from autotune.cluster import ClusterSpec  # noqa: E402
+from autotune.config import JobConfig, ParallelConfig, Workload  # noqa: E402
+from autotune.cost import RunOptions  # noqa: E402
+from autotune.flops import model_flops_per_token  # noqa: E402
+from autotune.memory import MemoryOptions  # noqa: E402
+from autotune.model_catalog import get_model  # noqa: E402
+from autotune.model_spec import MoESpec, ModelSpec  # noqa: E402
+
+REFDATA = ROOT.parent / "shared" / "refdata"
+if not REFDATA.is_dir():
+    REFDATA = Path("/work/shared/refdata")
+
+
+def gpt_spec(name: str, layers: int, hidden: int, heads: int, vocab: int, ffn: int | None = None,
+             activation: str = "gelu", groups: int | None = None, tied: bool = True, source: str = "") -> ModelSpec:
+    return ModelSpec(name=name, num_layers=layers, hidden_size=hidden, ffn_hidden_size=ffn or 4 * hidden,
+                     num_attention_heads=heads, num_query_groups=groups or heads, kv_channels=hidden // heads,
+                     vocab_size=vocab, tie_embeddings=tied, activation=activation, normalization="LayerNorm",
+                     source=source)
+
+
+# Models of published rows that are not in the catalog, from their public configs (stated dimensions).
+EXTRA_MODELS = {
+    "GPT3-5B": gpt_spec("gpt3-5b", 24, 4096, 32, 51200, source="NeMo GPTConfig5B (24L, h4096, 32 heads)"),
+    "GPT3-20B": gpt_spec("gpt3-20b", 44, 6144, 48, 51200, source="NeMo GPTConfig20B (44L, h6144, 48 heads)"),
+    "LLAMA2-7B": gpt_spec("llama2-7b", 32, 4096, 32, 32000, 11008, "swiglu", tied=False, source="Llama 2 paper"),
+    "LLAMA2-13B": gpt_spec("llama2-13b", 40, 5120, 40, 32000, 13824, "swiglu", tied=False, source="Llama 2 paper"),
+    "LLAMA2-70B": gpt_spec("llama2-70b", 80, 8192, 64, 32000, 28672, "swiglu", 8, tied=False, source="Llama 2 paper"),
+    # NeMo nemo/collections/llm/gpt/model/nemotron.py: NemotronConfig (squared ReLU, untied output layer, no
+    # linear bias) and Nemotron3Config8B / 22B, whose num_query_groups=None is full multi-head attention in
+    # Megatron's TransformerConfig; the 256k vocabulary is the Nemotron tokenizer's (Nemotron-4 report).
+    "Nemotron-8B": gpt_spec("nemotron3-8b", 32, 4096, 32, 256000, 16384, "squared_relu", tied=False,
+                        source="NeMo Nemotron3Config8B (MHA: num_query_groups=None)"),
+    "Nemotron-22B": gpt_spec("nemotron3-22b", 40, 6144, 48, 256000, 24576, "squared_relu", tied=False,
+                         source="NeMo Nemotron3Config22B (MHA: num_query_groups=None)"),
+    # openai/gpt-oss-120b config.json; its alternating 128-token sliding-window attention is not modelled
+    # (full causal attention is assumed, which overstates attention FLOPs by ~5% at s=4096).
+    "GPT OSS 120B": ModelSpec(name="gpt-oss-120b", num_layers=36, hidden_size=2880, ffn_hidden_size=2880,
+                              num_attention_heads=64, num_query_groups=8, kv_channels=64, vocab_size=201088,
+                              tie_embeddings=False, add_qkv_bias=True,
+                              moe=MoESpec(num_experts=128, router_topk=4, moe_ffn_hidden_size=2880),
+                              source="openai/gpt-oss-120b config.json"),
+}
+CATALOG_NAMES = {
+    "LLAMA3.1_405B": "llama3.1-405b", "Qwen3_30B_a3B": "qwen3-30b-a3b", "LLAMA3_70B": "llama3-70b",
+    "LLAMA3_8B": "llama3-8b", "LLAMA3-8B": "llama3-8b", "LLAMA3-70B": "llama3-70b", "GPT3-175B": "gpt3-175b",
+    "Nemotron-340B": "nemotron4-340b",
+}
+# Published rows we cannot express, and why.
+SKIPPED_MODELS = {
+    "Nemotron_3_Nano": "hybrid Mamba-Transformer MoE: Mamba layers are not in ModelSpec",
+    "Qwen3_30B_a3B (tokendrop)": "token-dropping MoE (capacity factor) is not modelled",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Judging:
+    """The settings a row's run used, under which its search space is enumerated and ranked."""
+
+    name: str  # shown in the report
+    memory_options: MemoryOptions  # gradient dtype (and recompute modules) of the run's software
+    pinned_knobs: dict[str, list]  # knob (Megatron name) -> the values the run's software offered
+    why: str
+    tp_comm_overlap: bool = True  # Transformer Engine userbuffers TP overlap (perf recipes, Megatron-LM README runs)
+    force_balanced_routing: bool = False  # MoE rows benchmarked with moe_router_force_load_balancing
+    flash_attention: bool = True  # False before flash attention (2022): scores formed in memory
+    # Megatron-LM before 2023-05 (f9283c5a8a 'Add option to overlap p2p communication') waited on every pipeline
+    # send (p2p_communication._communicate: req.wait(), then torch.cuda.synchronize()), and split each send over
+    # the TP ranks (scatter_gather_tensors_in_pipeline, on by default since 72e4230bb5, 2021-02-16).
+    overlap_p2p_comm: bool = True
+    p2p_scatter_gather: bool = False
+
+
+BRIDGE = Judging(
+    name="Bridge/NeMo perf recipe", memory_options=MemoryOptions(grad_reduce_in_fp32=False), pinned_knobs={},
+    why="Megatron-Bridge perf recipes reduce gradients in bf16 (perf_recipes/_common.py: grad_reduce_in_fp32=False); "
+        "the older NeMo 24.07/25.02 rows are assumed to match. Recipe recompute settings are not in the perf "
+        "table, so the published configs are ranked without recompute. The perf recipes overlap TP communication "
+        "(tp_comm_overlap with userbuffers) and the MoE rows force balanced, dropless routing (the source's footnote). "
+        "MoE token dispatcher per row as its release's recipe set it (`NEMO_DISPATCHERS`): Qwen3-30B-A3B EP16 "
+        "(26.04, 26.04.01, 26.06) flex/hybridep (Megatron-Bridge v0.4.0 and v0.5.0 "
+        "scripts/performance/configs/qwen/qwen3_workload_base_configs.py, QWEN3_30B_A3B_PRETRAIN_CONFIG_H100_FP8_CS_V1: "
+        "moe_flex_dispatcher_backend='hybridep'; perf_recipes/qwen/h100/qwen3_moe.py at 067f987: "
+        "moe_token_dispatcher_type='flex', moe_flex_dispatcher_backend='hybridep'); Qwen3-30B-A3B PP2 EP8 "
+        "(26.02, 26.02.01) flex/deepep (v0.3.0, same file: moe_flex_dispatcher_backend='deepep'); every other MoE "
+        "row alltoall (no backend set; Bridge's Qwen3 and GPT-OSS providers set moe_token_dispatcher_type='alltoall'); "
+        "each row's whole space is ranked under its dispatcher",
+    force_balanced_routing=True)
+MEGATRON_LM = Judging(
+    name="Megatron-LM defaults", memory_options=MemoryOptions(), pinned_knobs={},
+    why="Megatron-LM with --bf16 accumulates and reduces gradients in fp32; the README runs overlap DP, TP and PP "
+        "communication (megatron_lm_scaling.csv header)")
+# arXiv 2104.04473 (2021): no distributed optimizer, sequence parallelism, selective recompute or context
+# parallelism yet, and no flash attention (2022), so the s^2 attention scores, which our flash-attention
+# memory model does not count, made full recompute necessary: every Table 1 run used it. The paper
+# introduced the interleaved schedule, so VPP stays free.
+NARAYANAN_2021 = Judging(
+    name="Megatron-LM 2021 (paper era)", memory_options=MemoryOptions(),
+    pinned_knobs={"use_distributed_optimizer": [False], "sequence_parallel": [False], "context_parallel_size": [1],
+                  "recompute_granularity": ["full"]},
+    why="fp32 main grads; no distributed optimizer, SP, CP or flash attention in 2021, so full recompute only; "
+        "no TP communication overlap (Transformer Engine's userbuffers came later); attention without flash "
+        "attention (s x s scores in memory); blocking pipeline sends, split over the TP ranks (scatter-gather)",
+    tp_comm_overlap=False, flash_attention=False, overlap_p2p_comm=False, p2p_scatter_gather=True)
+
+
+def korthikanti_2022(recompute: str, sequence_parallel: bool) -> Judging:
+    """arXiv 2205.05198 compares recompute methods at fixed settings: the method is the experiment's variable."""
+    return Judging(
+        name=f"Megatron-LM 2022 (paper era, {recompute} recompute)", memory_options=MemoryOptions(),
+        pinned_knobs={"use_distributed_optimizer": [False], "context_parallel_size": [1],
+                      "sequence_parallel": [sequence_parallel], "recompute_granularity": [recompute]},
+        why="fp32 main grads; no distributed optimizer or CP in 2022; the recompute method (and SP) is the "
+            "quantity the paper varies, so it is held at the row's value; no TP communication overlap; attention "
+            "without flash attention (s x s scores in memory); blocking pipeline sends, split over the TP ranks "
+            "(scatter-gather)",
+        tp_comm_overlap=False, flash_attention=False, overlap_p2p_comm=False, p2p_scatter_gather=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Row:
+    source: str  # csv file and row label
+    model: ModelSpec
+    gpu: str
+    num_gpus: int
+    workload: Workload
+    parallel: ParallelConfig
+    published_tokens_per_s_per_gpu: float
+    judging: Judging
+    # Knobs the source does not publish (constraints.Knobs names): the row's `parallel` fills them with an
+    # assumption for the throughput fit, but in ranking any value counts as the published config.
+    unpublished: tuple[str, ...] = ()
+    overlap_grad_reduce: bool = True
+    moe_dispatcher: str = "alltoall"  # RunOptions.moe_dispatcher of the run (NEMO_DISPATCHERS)
+    note: str = ""
+
+    @property
+    def is_h100(self) -> bool:
+        return self.gpu.startswith("h100")
+
+    @property
+    def run_options(self) -> RunOptions:
+        return RunOptions(overlap_grad_reduce=self.overlap_grad_reduce,
+                          grad_reduce_in_fp32=self.judging.memory_options.grad_reduce_in_fp32,
+                          tp_comm_overlap=self.judging.tp_comm_overlap,
+                          force_balanced_routing=self.judging.force_balanced_routing,
+                          flash_attention=self.judging.flash_attention,
+                          moe_dispatcher=self.moe_dispatcher,
+                          overlap_p2p_comm=self.judging.overlap_p2p_comm,
+                          p2p_scatter_gather=self.judging.p2p_scatter_gather)
+
+    @property
+    def cluster(self) -> ClusterSpec:
+        return ClusterSpec.build(self.num_gpus, self.gpu)
+
+    @property
+    def job(self) -> JobConfig:
+        return JobConfig(num_gpus=self.num_gpus, parallel=self.parallel, workload=self.workload)
+
+
+def refdata_csv(name: str) -> list[dict[str, str]]:
+    with open(REFDATA / name) as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+def _int(v: str, default: int | None = 1) -> int | None:
+    v = (v or "").strip()
+    return int(v) if v.isdigit() else default
+
+
+def _with_split(model: ModelSpec, **kw) -> ParallelConfig:
+    """The published config with the first pipeline split Megatron accepts: even, then account-for-emb/loss."""
+    from autotune.pipeline import split_error
+    p = ParallelConfig(**kw)
+    if split_error(model.num_layers, p) is None:
+        return p
+    p2 = p.model_copy(update=dict(account_for_embedding_in_pipeline_split=True, account_for_loss_in_pipeline_split=True))
+    if split_error(model.num_layers, p2) is None:
+        return p2
+    raise ValueError(f"no split for {model.name} {kw}")
+
+
+# MoE token dispatcher of the recipe behind a perf-table row, keyed by (model, container); rows not listed ran
+# the alltoall dispatcher. Sources: Megatron-Bridge git tags v0.3.0 (26.02), v0.4.0 (26.04), v0.5.0 (26.06),
+# scripts/performance/configs/qwen/qwen3_workload_base_configs.py, QWEN3_30B_A3B_PRETRAIN_CONFIG_H100_*_V1
+# (moe_flex_dispatcher_backend 'deepep' in v0.3.0, 'hybridep' from v0.4.0), and src/megatron/bridge/perf_recipes/
+# qwen/h100/qwen3_moe.py at 067f987 (moe_token_dispatcher_type='flex', moe_flex_dispatcher_backend='hybridep').
+NEMO_DISPATCHERS = {
+    ("Qwen3_30B_a3B", "26.02"): "deepep", ("Qwen3_30B_a3B", "26.02.01"): "deepep",
+    ("Qwen3_30B_a3B", "26.04"): "hybridep", ("Qwen3_30B_a3B", "26.04.01"): "hybridep",
+    ("Qwen3_30B_a3B", "26.06"): "hybridep",
+}
+
+
+def nemo_rows() -> list[Row]:
+    rows = []
+    for r in refdata_csv("nemo_perf_h100.csv"):
+        name = r["model"]
+        if name in SKIPPED_MODELS or r["task"] == "LoRA":
+            continue
+        model = get_model(CATALOG_NAMES[name]) if name in CATALOG_NAMES else EXTRA_MODELS[name]
+        tp, pp, cp = _int(r["tp"]), _int(r["pp"]), _int(r["cp"])
+        vp, ep = _int(r["vp"], None), _int(r["ep"])
+        parallel = _with_split(
+            model, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+            virtual_pipeline_model_parallel_size=vp if (vp or 1) > 1 else None, context_parallel_size=cp,
+            expert_model_parallel_size=ep if model.is_moe else 1, micro_batch_size=_int(r["mbs"]),
+            sequence_parallel=tp > 1, use_distributed_optimizer=True)
+        prec = "fp8" if "FP8" in r["precision"] else "bf16"
+        dispatcher = NEMO_DISPATCHERS.get((name, r["container"]), "alltoall")
+        notes = ["Megatron-FSDP run modelled as distributed optimizer"] if _int(r["fsdp"], 0) else []
+        if dispatcher != "alltoall":
+            notes.append(f"flex dispatcher, {dispatcher} backend")
+        rows.append(Row(
+            source=f"nemo_perf_h100.csv {r['container']} {r['task']}", model=model, gpu="h100", num_gpus=int(r["num_gpus"]),
+            workload=Workload(seq_length=int(r["seq_len"]), global_batch_size=int(r["gbs"]), precision=prec),
+            parallel=parallel, published_tokens_per_s_per_gpu=float(r["tokens_per_sec_per_gpu"]), judging=BRIDGE,
+            moe_dispatcher=dispatcher, note="; ".join(notes)))
+    return rows
+
+
+def megatron_lm_rows() -> list[Row]:
+    rows = []
+    for r in refdata_csv("megatron_lm_scaling.csv"):
+        h, a, L = int(r["hidden_size"]), int(r["attention_heads"]), int(r["num_layers"])
+        model = gpt_spec(f"gpt-{r['model_size']}", L, h, a, int(r["vocab_size"]), source="megatron_lm_scaling.csv")
+        s = int(r["seq_len"])
+        per_token = model_flops_per_token(model, s, causal=False).total  # Megatron's 2024 convention
+        tp = int(r["tp"])
+        rows.append(Row(
+            source=f"megatron_lm_scaling.csv {r['model_size']}", model=model, gpu="h100", num_gpus=int(r["num_gpus"]),
+            workload=Workload(seq_length=s, global_batch_size=int(r["global_batch_size_seqs"]), precision="bf16"),
+            parallel=ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=int(r["pp"]),
+                                    sequence_parallel=tp > 1),
+            published_tokens_per_s_per_gpu=float(r["per_gpu_tflops"]) * 1e12 / per_token, judging=MEGATRON_LM,
+            unpublished=("mbs", "vpp", "split"),
+            note="MBS and VPP not published: fitted at MBS=1 without interleaving; ranked as the best of any "
+                 "MBS/VPP at the published TP/PP"))
+    return rows
+
+
+def narayanan_rows() -> list[Row]:
+    rows = []
+    for r in refdata_csv("narayanan2021_table1.csv"):
+        h, a, L = int(r["hidden_size"]), int(r["attention_heads"]), int(r["num_layers"])
+        s, V, pp = int(r["seq_len"]), 51200, int(r["pp"])
+        model = gpt_spec(f"gpt-{r['params_billion']}b", L, h, a, V, source="narayanan2021_table1.csv")
+        eq3_per_token = 96 * L * h * h * (1 + s / (6 * h) + V / (16 * L * h))  # Eq. 3 / (B.s)
+        lpvs = _int(r["layers_per_virtual_stage"], None)
+        vpp = L // (pp * lpvs) if lpvs else None
+        rows.append(Row(
+            source=f"narayanan2021_table1.csv {r['params_billion']}B", model=model, gpu="a100-80gb",
+            num_gpus=int(r["num_gpus"]),
+            workload=Workload(seq_length=s, global_batch_size=int(r["global_batch_size"]), precision="bf16"),
+            parallel=ParallelConfig(tensor_model_parallel_size=int(r["tp"]), pipeline_model_parallel_size=pp,
+                                    virtual_pipeline_model_parallel_size=vpp if (vpp or 1) > 1 else None,
+                                    micro_batch_size=int(r["micro_batch_size"]), use_distributed_optimizer=False,
+                                    recompute_granularity="full"),
+            published_tokens_per_s_per_gpu=float(r["per_gpu_tflops"]) * 1e12 / eq3_per_token, judging=NARAYANAN_2021,
+            overlap_grad_reduce=r["ddp_impl"] == "torch", note="fp16; full recompute"))
+    return rows
+
+
+def korthikanti_rows() -> list[Row]:
+    rows = []
+    for r in refdata_csv("korthikanti2022.csv"):
+        h, a, L = int(r["hidden_size"]), int(r["attention_heads"]), int(r["num_layers"])
+        model = gpt_spec(f"gpt-{r['model'].split()[0]}", L, h, a, int(r["vocab_size"]), source="korthikanti2022.csv")
+        n, gbs, s = int(r["num_gpus"]), int(r["global_batch_size"]), int(r["seq_len"])
+        vpp = _int(r["interleave_stages"], None)
+        base = dict(tensor_model_parallel_size=int(r["tp"]), pipeline_model_parallel_size=int(r["pp"]),
+                    virtual_pipeline_model_parallel_size=vpp, micro_batch_size=int(r["micro_batch_size"]),
+                    use_distributed_optimizer=False)
+        for label, col, extra in (("full recompute", "iter_time_full_recompute_s",
+                                   dict(sequence_parallel=False, recompute_granularity="full")),
+                                  ("SP+selective", "iter_time_present_work_s",
+                                   dict(sequence_parallel=True, recompute_granularity="selective"))):
+            rows.append(Row(
+                source=f"korthikanti2022.csv {r['model']} {label}", model=model, gpu="a100-80gb", num_gpus=n,
+                workload=Workload(seq_length=s, global_batch_size=gbs, precision="bf16"),
+                parallel=ParallelConfig(**base, **extra),
+                published_tokens_per_s_per_gpu=gbs * s / (float(r[col]) * n), note="no data parallelism",
+                judging=korthikanti_2022(extra["recompute_granularity"], extra["sequence_parallel"])))
+    return rows
+
+
+def all_rows() -> list[Row]:
+    return nemo_rows() + megatron_lm_rows() + narayanan_rows() + korthikanti_rows()
