@@ -17,8 +17,8 @@ Model (the physical work comes from cost_terms.py; here it becomes seconds):
 - A fitted fixed time per layer and micro-batch (kernel launches and partial last waves; twice in
   backward), which no FLOP or byte count sees and which weighs most on narrow layers and small shards.
 - TP collectives (all-reduce, or all-gather + reduce-scatter with SP; same bytes), NVLink inside the
-  NVLink domain. Backward ones overlap the weight-gradient GEMM; forward ones are exposed unless TP comm
-  overlap (userbuffers) pipelines them in TP chunks. SP without userbuffers also exposes the backward
+  NVLink domain, each overlapping only its own GEMM. Backward ones overlap the weight-gradient GEMM;
+  forward ones are exposed unless TP comm overlap (userbuffers) pipelines them in TP chunks. SP without userbuffers also exposes the backward
   all-gather of the gradient (half the forward's bytes). No fitted constant.
 - CP ring exchange of K,V, hidden behind the attention compute where it can be, plus each ring step's
   fp32 output correction.
@@ -181,7 +181,8 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
         # larger micro-batch.
         per_gemm = np.maximum(w.linear_flops / (peak_lin * eff_lin), c.gemm_memory_weight * w.linear_bytes / hbm)
         imbalance = 1.0 + (0.0 if options.force_balanced_routing else c.expert_load_cv) * w.imbalance_spread
-        gemm = np.where(w.routed_gemms[:, None], per_gemm * imbalance, per_gemm).sum(axis=0) + w.cast_bytes / hbm
+        each_gemm = np.where(w.routed_gemms[:, None], per_gemm * imbalance, per_gemm)
+        gemm = each_gemm.sum(axis=0) + w.cast_bytes / hbm
         keys = w.attention_key_len
         if options.flash_attention:
             attn = w.attention_flops / (peak_bf16 * c.attention_efficiency * keys / (keys + FLASH_HALF_EFFICIENCY_KEYS))
@@ -196,12 +197,14 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
         # time does not shrink with the shard, so it weighs most on narrow models and small micro-batches.
         # Backward runs about twice the kernels.
         fixed = c.layer_overhead_s
-        # TP collectives. Backward: Megatron overlaps the input-gradient all-reduce / reduce-scatter with
-        # the weight-gradient GEMM (megatron/core/tensor_parallel/layers.py,
-        # LinearWithGradAccumulationAndAsyncCommunication), so only what outlasts that GEMM is exposed.
-        # Forward: Transformer Engine's userbuffers overlap (tp_comm_overlap) splits each GEMM into TP
-        # chunks and moves chunk i+1 while chunk i computes, leaving the first chunk's transfer (and any
-        # transfer that outlasts the GEMMs) exposed; without it the forward collectives are all exposed.
+        # TP collectives, each hidden only behind the GEMM it feeds or drains (a collective and its GEMM
+        # depend on each other, so the attention side's cannot hide behind the MLP's GEMMs). Backward:
+        # Megatron overlaps the input-gradient all-reduce / reduce-scatter with the weight-gradient GEMM
+        # (megatron/core/tensor_parallel/layers.py, LinearWithGradAccumulationAndAsyncCommunication), so only
+        # what outlasts that GEMM is exposed. Forward: Transformer Engine's userbuffers overlap
+        # (tp_comm_overlap) splits each GEMM into TP chunks and moves chunk i+1 while chunk i computes, leaving
+        # the first chunk's transfer (and any transfer that outlasts its GEMM) exposed; without it the forward
+        # collectives are all exposed.
         # Userbuffers overlap works on SP's all-gather / reduce-scatter only (Megatron-LM validate_args:
         # --tp-comm-overlap needs --sequence-parallel), so a TP > 1 config without SP gets no overlap.
         # SP without userbuffers moves more in backward than the all-reduces it replaces: the column-parallel
@@ -210,11 +213,12 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
         # (layers.py, LinearWithGradAccumulationAndAsyncCommunication.backward), while the backward of each
         # reduce-scatter is a blocking all-gather of the gradient (mappings.py,
         # _ReduceScatterToSequenceParallelRegion.backward): half of the forward's bytes, exposed.
-        tp_all = w.tp_link_s / net
-        tp_chunked = tp_all / w.tp + np.maximum(tp_all * (w.tp - 1) / w.tp - gemm, 0.0)
+        tp_each = w.tp_comm_s / net
+        tp_all = tp_each.sum(axis=0)
+        tp_chunked = tp_all / w.tp + np.maximum(tp_each * (w.tp - 1) / w.tp - each_gemm, 0.0).sum(axis=0)
         ub = options.tp_comm_overlap & work.sequence_parallel
         tp_f = np.where(ub, tp_chunked, tp_all)
-        tp_b_plain = np.maximum(tp_all - gemm, 0.0)
+        tp_b_plain = np.maximum(tp_each - each_gemm, 0.0).sum(axis=0)
         tp_b = np.where(ub, tp_chunked, np.where(work.sequence_parallel, tp_all / 2 + tp_b_plain, tp_b_plain))
         # EP all-to-all: the NVLink and NIC parts run at once; the slower sets the time.
         ep = c.moe_dispatch_overhead * imbalance * np.maximum(w.ep_nvlink_s, w.ep_internode_s) / net

@@ -54,7 +54,10 @@ class LayerWork:
     moe_token_bytes: np.ndarray  # MoE token permutation and the routed experts' activation function (scaled by a fit)
     cp_correction_bytes: np.ndarray  # CP ring attention's per-step fp32 output rescaling (counted exactly)
     tp: np.ndarray  # tensor-parallel degree (the number of chunks TP comm overlap pipelines)
-    tp_link_s: np.ndarray  # TP (and ETP) collectives at nominal link bandwidth
+    # (GEMMs, configs): the TP (or ETP) collective that feeds or drains each GEMM, at nominal link bandwidth: the
+    # all-gather of its sequence-split input, the reduce-scatter of its output (without SP: half of an all-reduce
+    # each), zero for GEMMs with none. Overlap can hide a collective only behind its own GEMM (cost.combine).
+    tp_comm_s: np.ndarray
     cp_link_s: np.ndarray  # CP ring exchange of K,V at nominal link bandwidth
     ep_nvlink_s: np.ndarray  # EP all-to-all dispatch + combine: the part to peers in the NVLink domain
     ep_internode_s: np.ndarray  # ... and the part to peers on other nodes (through the NIC), both nominal
@@ -98,12 +101,14 @@ class _Gemms:
         self.flops: list = []
         self.bytes: list = []
         self.routed: list[bool] = []  # routed-expert GEMMs: their load follows the router
+        self.comm: list = []  # seconds of the TP / ETP collective adjacent to each GEMM (LayerWork.tp_comm_s)
         self.cast_bytes: np.ndarray | float = 0.0
         self.bpe = bytes_per_element
         self.fp8 = fp8
 
-    def add(self, m, k, n, count=1.0, routed: bool = False) -> None:
+    def add(self, m, k, n, count=1.0, routed: bool = False, comm_s=0.0) -> None:
         self.routed.append(routed)
+        self.comm.append(comm_s)
         self.flops.append(2.0 * m * k * n * count)
         self.bytes.append((m * k + k * n + m * n) * self.bpe * count)
         if self.fp8:
@@ -113,9 +118,10 @@ class _Gemms:
             # per step (is_first_microbatch caching) and not counted.
             self.cast_bytes = self.cast_bytes + 2.0 * m * k * count
 
-    def stacked(self, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return (np.stack([np.broadcast_to(f, shape) for f in self.flops]),
-                np.stack([np.broadcast_to(b, shape) for b in self.bytes]), np.asarray(self.routed, dtype=bool))
+    def stacked(self, shape) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        def stack(values):
+            return np.stack([np.broadcast_to(np.asarray(v, dtype=float), shape) for v in values])
+        return stack(self.flops), stack(self.bytes), np.asarray(self.routed, dtype=bool), stack(self.comm)
 
 
 MOE_DISPATCHERS = ("alltoall", "hybridep", "deepep")
@@ -174,18 +180,23 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
     domain = cluster.nvlink_domain_size
     g = _Gemms(1.0 if workload.precision == "fp8" else 2.0, workload.precision == "fp8")
     gated = 2.0 if model.gated_mlp else 1.0
+    # One TP collective of the hidden state: SP's all-gather or reduce-scatter, or half of an all-reduce
+    # without SP (the same bytes). Megatron runs one before the first attention GEMM and one after the
+    # output projection, and the same around the dense (or shared-expert) MLP.
+    tp_bw = _link_bw(tp, domain, cluster)
+    collective = np.where(tp > 1, (tp - 1) / tp * tokens * h * 2 / tp_bw, 0.0)
 
     if model.mla is not None:
         m, n = model.mla, model.num_attention_heads
         q_head = m.qk_head_dim + m.qk_pos_emb_head_dim
         if m.q_lora_rank is None:
-            g.add(tokens, h, n * q_head / tp)
+            g.add(tokens, h, n * q_head / tp, comm_s=collective)
         else:
-            g.add(tokens, h, m.q_lora_rank)
+            g.add(tokens, h, m.q_lora_rank, comm_s=collective)
             g.add(tokens, m.q_lora_rank, n * q_head / tp)
         g.add(tokens, h, m.kv_lora_rank + m.qk_pos_emb_head_dim)
         g.add(tokens, m.kv_lora_rank, n * (m.qk_head_dim + m.v_head_dim) / tp)
-        g.add(tokens, n * m.v_head_dim / tp, h)
+        g.add(tokens, n * m.v_head_dim / tp, h, comm_s=collective)
         core_width = n * (q_head + m.v_head_dim) / tp
         heads = n / tp
         kv_width = n * (q_head + m.v_head_dim) / tp  # CP exchanges the up-projected K and V
@@ -193,8 +204,8 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
     else:
         q = model.query_projection_size / tp
         kv = model.kv_channels * np.maximum(model.num_query_groups / tp, 1.0)
-        g.add(tokens, h, q + 2 * kv)
-        g.add(tokens, q, h)
+        g.add(tokens, h, q + 2 * kv, comm_s=collective)
+        g.add(tokens, q, h, comm_s=collective)
         core_width = 2 * q
         heads = model.num_attention_heads / tp
         kv_width = 2 * kv
@@ -202,27 +213,24 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
     # Causal flash attention with CP's load-balanced chunks: each rank does 1/(TP*CP) of the half s^2.
     attention_flops = 2.0 * tokens * s * core_width * 0.5
 
-    tp_bw = _link_bw(tp, domain, cluster)
-    allreduce_s = np.where(tp > 1, 2 * (tp - 1) / tp * tokens * h * 2 / tp_bw, 0.0)
-    num_tp_collectives = 2.0
     ep_nvlink = np.zeros_like(tokens)
     ep_internode = np.zeros_like(tokens)
-    etp_link = np.zeros_like(tokens)
     imbalance_spread = np.zeros_like(tokens)
     if moe_layer and model.moe is not None:
         moe = model.moe
         routed_tokens = tokens / tp  # tokens entering the dispatcher on this rank (sequence parallel)
         g.add(routed_tokens, h, moe.num_experts)  # router
         if moe.shared_expert_ffn_hidden_size:
-            g.add(tokens, h, gated * moe.shared_expert_ffn_hidden_size / tp)
-            g.add(tokens, moe.shared_expert_ffn_hidden_size / tp, h)
-        else:
-            num_tp_collectives = 1.0  # attention only: routed experts keep tokens sequence-split
+            g.add(tokens, h, gated * moe.shared_expert_ffn_hidden_size / tp, comm_s=collective)
+            g.add(tokens, moe.shared_expert_ffn_hidden_size / tp, h, comm_s=collective)
+        # (Without shared experts the routed experts keep the tokens sequence-split: no TP collective.)
         copies = routed_tokens * moe.router_topk * etp  # token copies this GPU's expert shards process
         local_experts = moe.num_experts / ep
         per_expert = copies / local_experts
-        g.add(per_expert, h, gated * moe.moe_ffn_hidden_size / etp, local_experts, routed=True)
-        g.add(per_expert, moe.moe_ffn_hidden_size / etp, h, local_experts, routed=True)
+        # ETP: the expert shards all-gather their tokens before fc1 and reduce-scatter after fc2.
+        etp_collective = np.where(etp > 1, (etp - 1) / etp * copies * h * 2 / _link_bw(etp, domain, cluster), 0.0)
+        g.add(per_expert, h, gated * moe.moe_ffn_hidden_size / etp, local_experts, routed=True, comm_s=etp_collective)
+        g.add(per_expert, moe.moe_ffn_hidden_size / etp, h, local_experts, routed=True, comm_s=etp_collective)
         # Dropless routing leaves some EP ranks busier than others, and every rank waits for the busiest
         # at the combine all-to-all. A rank's load averages its E/EP experts (relative spread
         # cv/sqrt(E/EP) for a per-expert coefficient of variation cv), and the largest of EP such loads
@@ -245,12 +253,10 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
         # Dispatch + combine; the two parts run at once, cost.combine takes the slower.
         ep_nvlink = 2.0 * token_bytes * nvl_copies / (cluster.gpu.nvlink_bandwidth_gbps * 1e9)
         ep_internode = 2.0 * token_bytes * nic_copies / (cluster.gpu.internode_bandwidth_gbps * 1e9)
-        etp_bw = _link_bw(etp, domain, cluster)
-        etp_link = np.where(etp > 1, 2 * (etp - 1) / etp * copies * h * 2 / etp_bw, 0.0)  # AG + RS
     else:
         ffn = model.ffn_hidden_size / tp
-        g.add(tokens, h, gated * ffn)
-        g.add(tokens, ffn, h)
+        g.add(tokens, h, gated * ffn, comm_s=collective)
+        g.add(tokens, ffn, h, comm_s=collective)
         act_width = (gated + 1) * ffn
         moe_token = np.zeros_like(tokens)
 
@@ -266,14 +272,14 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
     attention_key_len = s / cp
     cp_bw = _link_bw(tp * cp, domain, cluster)
     cp_link = np.where(cp > 1, (cp - 1) * tokens * kv_width * 2 / cp_bw, 0.0)
-    gemm_flops, gemm_bytes, routed = g.stacked(tokens.shape)
+    gemm_flops, gemm_bytes, routed, tp_comm = g.stacked(tokens.shape)
     return LayerWork(
         linear_flops=gemm_flops, linear_bytes=gemm_bytes, routed_gemms=routed, cp_correction_bytes=cp_correction_bytes,
         tp=tp,
         imbalance_spread=np.broadcast_to(imbalance_spread, tokens.shape), cast_bytes=np.broadcast_to(g.cast_bytes, tokens.shape),
         attention_flops=attention_flops, elementwise_bytes=elementwise,
         moe_token_bytes=np.broadcast_to(moe_token, tokens.shape),
-        tp_link_s=num_tp_collectives * allreduce_s + etp_link, cp_link_s=cp_link, ep_nvlink_s=ep_nvlink,
+        tp_comm_s=tp_comm, cp_link_s=cp_link, ep_nvlink_s=ep_nvlink,
         ep_internode_s=ep_internode,
         attention_key_len=np.broadcast_to(attention_key_len, tokens.shape),
         attention_scores=tokens * s * heads,

@@ -96,9 +96,10 @@ MATCHED_SFT = (("recipe TP4 PP4 VPP5 DP2", {}, 709.93),
 
 MATCHED_NOTE = (
     "More PP costs what we predict: PP8 halves DP (twice the micro-batches per rank) and puts 10 layers plus the "
-    "128k-vocabulary output layer on the last stage. More TP costs NVIDIA about twice what we predict. In our "
+    "128k-vocabulary output layer on the last stage. More TP cost NVIDIA nearly twice what we predict. In our "
     "model TP8 pays for GEMMs on 8-way shards and for TP collectives that Transformer Engine's userbuffers "
-    "overlap (tp_comm_overlap) hides almost entirely; NVIDIA puts the loss down to the doubled NVLink traffic. "
+    "overlap (tp_comm_overlap) mostly hides, each behind its own GEMM; NVIDIA puts the loss down to the doubled "
+    "NVLink traffic. "
     "So with TP comm overlap we under-penalise TP8 for dense models of this size, and `autotune space` can rank "
     "TP8 configs too high; the real trials decide. The fitted rows cannot settle it: their H100 TP8 configs are "
     "Llama 3.1 405B and Nemotron-4 340B (hidden size 16k-18k: half the TP bytes per GEMM FLOP of a 70B) and "
