@@ -12,7 +12,7 @@ from autotune.cluster import ClusterSpec
 from autotune.config import JobConfig, ParallelConfig, Workload
 from autotune.cost import BREAKDOWN_KEYS, CostConstants, RunOptions, predict, predict_batch
 from autotune.cost_constants import load_cost_constants
-from autotune.cost_terms import stage_layer_counts
+from autotune.cost_terms import stage_layer_counts, step_work
 from autotune.errors import ConfigError, SpecFileError
 from autotune.model_catalog import get_model
 from autotune.pipeline import layers_per_chunk
@@ -411,3 +411,25 @@ def test_moe_token_work_only_charges_moe_layers():
     dense_job = _job(8, gbs=64)
     assert predict(dense, ClusterSpec.build(8, "h100"), dense_job, constants=more).step_time_s == pytest.approx(
         predict(dense, ClusterSpec.build(8, "h100"), dense_job, constants=c).step_time_s, rel=1e-12)
+
+
+def test_tp_collective_hides_only_behind_its_own_gemm():
+    """Each TP collective overlaps only the GEMM it feeds or drains (the all-gather before QKV waits for nothing
+    but QKV can start only when it lands), so a huge MLP cannot hide the attention side's traffic. Constants
+    are set here so that QKV and the output projection (GQA, TP 8) are shorter than one collective, and FC1 and
+    FC2 longer; the layer's GEMMs then outlast all of its TP traffic many times over."""
+    cluster = ClusterSpec.build(8, "h100")
+    c = CostConstants.from_dict({**load_cost_constants().to_dict(), "gemm_efficiency": 1.0,
+                                 "gemm_memory_weight": 1.0, "layer_overhead_s": 1e-9})
+    job = _job(8, gbs=8, seq=4096, tensor_model_parallel_size=8, sequence_parallel=True)
+    base = get_model("llama3-8b")
+    tp_comm, floors = [], []
+    for ffn in (base.ffn_hidden_size, 8 * base.ffn_hidden_size):
+        model = base.model_copy(update={"ffn_hidden_size": ffn})
+        knobs = C.Knobs(**{k: np.asarray([v]) for k, v in vars(C.Knobs.of(job.parallel)).items()})
+        per_layer = step_work(model, cluster, job.workload, knobs).dense.tp_comm_s.sum(axis=0)[0]
+        floors.append(2 * model.num_layers * 8 * per_layer / 8)  # fwd + bwd, 32 layers, 8 micro-batches: 1/TP each
+        tp_comm.append(predict(model, cluster, job, constants=c).breakdown_s["tp_comm"])
+    assert floors[0] == pytest.approx(floors[1], rel=1e-12)  # the MLP's size does not change the traffic
+    assert tp_comm[1] == pytest.approx(tp_comm[0], rel=1e-9)  # ... nor what stays exposed
+    assert tp_comm[1] > 2 * floors[1]  # the attention side's collectives outlast QKV and the projection
