@@ -18,8 +18,9 @@ Model (the physical work comes from cost_terms.py; here it becomes seconds):
   backward), which no FLOP or byte count sees and which weighs most on narrow layers and small shards.
 - TP collectives (all-reduce, or all-gather + reduce-scatter with SP; same bytes), NVLink inside the
   NVLink domain, each overlapping only its own GEMM. Backward ones overlap the weight-gradient GEMM;
-  forward ones are exposed unless TP comm overlap (userbuffers) pipelines them in TP chunks. SP without userbuffers also exposes the backward
-  all-gather of the gradient (half the forward's bytes). No fitted constant.
+  forward ones are exposed unless TP comm overlap (userbuffers) pipelines them in TP chunks. SP without
+  userbuffers also exposes the backward all-gather of the gradient (half the forward's bytes). No fitted
+  constant.
 - CP ring exchange of K,V, hidden behind the attention compute where it can be, plus each ring step's
   fp32 output correction.
 - EP dispatch + combine, NVLink / NIC by placement: tokens x top-k x hidden with the alltoall dispatcher,
