@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autotune import constraints as C  # noqa: E402
 from autotune.cluster import ClusterSpec  # noqa: E402
-from autotune.config import ParallelConfig, Workload  # noqa: E402
+from autotune.config import JobConfig, ParallelConfig, Workload  # noqa: E402
 from autotune.cost import CostConstants, RunOptions, combine, predict  # noqa: E402
 from autotune.cost_terms import step_work  # noqa: E402
 from throughput_rows import Row, gpt_spec, korthikanti_2022, refdata_csv  # noqa: E402
@@ -85,14 +85,13 @@ def layer_check_lines(layers: LayerTimes, c: CostConstants) -> list[str]:
 # runs are rows m25-m27 of ../shared/refdata/memory_points.csv): the 26.06 SFT recipe (Llama3 70B, 32 H100,
 # FP8 current scaling, s 4096, MBS 1, GBS 32, selective core_attn recompute) re-run with more PP or more TP
 # and nothing else changed. TFLOP/s/GPU as published; the recipe's 709.93 matches the 26.06 SFT row of
-# nemo_perf_h100.csv (same config, 710 TFLOP/s, 1638 tokens/s/GPU). Speeds are compared as ratios to the recipe's, which
-# needs no FLOP convention. Not used in the fit: the one published measurement of alternatives to a tuned
-# recipe with everything else held fixed.
+# nemo_perf_h100.csv (same config, 710 TFLOP/s, 1638 tokens/s/GPU). Speeds are compared as ratios to the
+# recipe's, which needs no FLOP convention. Not used in the fit: the one published measurement of alternatives
+# to a tuned recipe with everything else held fixed.
 MATCHED_SFT_SOURCE = "nemo_perf_h100.csv 26.06 SFT"
 MATCHED_SFT = (("recipe TP4 PP4 VPP5 DP2", {}, 709.93),
                ("more PP: TP4 PP8 VPP5 DP1", {"pipeline_model_parallel_size": 8}, 668.0),
                ("more TP: TP8 PP4 VPP5 DP1", {"tensor_model_parallel_size": 8}, 508.7))
-
 
 MATCHED_NOTE = (
     "More PP costs what we predict: PP8 halves DP (twice the micro-batches per rank) and puts 10 layers plus the "
@@ -110,8 +109,8 @@ def matched_check_lines(rows: list[Row], c: CostConstants) -> list[str]:
     row = next(r for r in rows if r.source == MATCHED_SFT_SOURCE)
     speeds = []
     for _, change, _ in MATCHED_SFT:
-        parallel = row.parallel.model_copy(update={**change, "recompute_granularity": "selective"})
-        job = row.job.model_copy(update={"parallel": parallel})
+        parallel = ParallelConfig(**{**row.parallel.model_dump(), **change, "recompute_granularity": "selective"})
+        job = JobConfig(num_gpus=row.num_gpus, parallel=parallel, workload=row.workload)
         speeds.append(predict(row.model, row.cluster, job, c, row.run_options).tokens_per_s_per_gpu)
     lines = ["| config | published TFLOP/s/GPU | published vs recipe | predicted tok/s/GPU | predicted vs recipe |",
              "|---|---:|---:|---:|---:|"]
