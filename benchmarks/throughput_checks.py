@@ -86,8 +86,8 @@ def layer_check_lines(layers: LayerTimes, c: CostConstants) -> list[str]:
 # FP8 current scaling, s 4096, MBS 1, GBS 32, selective core_attn recompute) re-run with more PP or more TP
 # and nothing else changed. TFLOP/s/GPU as published; the recipe's 709.93 matches the 26.06 SFT row of
 # nemo_perf_h100.csv (same config, 710 TFLOP/s, 1638 tokens/s/GPU). Speeds are compared as ratios to the
-# recipe's, which needs no FLOP convention. Not used in the fit: the one published measurement of alternatives
-# to a tuned recipe with everything else held fixed.
+# recipe's, which needs no FLOP convention. Not used in the fit: the only measurement in ../shared/refdata of
+# alternatives to a tuned recipe with everything else held fixed.
 MATCHED_SFT_SOURCE = "nemo_perf_h100.csv 26.06 SFT"
 MATCHED_SFT = (("recipe TP4 PP4 VPP5 DP2", {}, 709.93),
                ("more PP: TP4 PP8 VPP5 DP1", {"pipeline_model_parallel_size": 8}, 668.0),
