@@ -67,6 +67,11 @@ class Knobs:
             loss_slot=int(p.account_for_loss_in_pipeline_split),
         )
 
+    @classmethod
+    def batch_of(cls, p: ParallelConfig) -> "Knobs":
+        """One config as a length-1 batch, for the vectorised work and cost code."""
+        return cls(**{k: np.asarray([v]) for k, v in vars(cls.of(p)).items()})
+
 
 @dataclass(frozen=True, kw_only=True)
 class Context:

@@ -318,7 +318,7 @@ def predict(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, constants: C
             options: RunOptions = RunOptions()) -> CostEstimate:
     """One config, through the same arithmetic as predict_batch, with Megatron's real stage layer counts."""
     p = job.parallel
-    knobs = C.Knobs(**{k: np.asarray([v]) for k, v in vars(C.Knobs.of(p)).items()})
+    knobs = C.Knobs.batch_of(p)
     per_stage = [sum(chunks) for chunks in layers_per_chunk(model.num_layers, p)]
     middle = max(per_stage[1:-1]) if len(per_stage) > 2 else per_stage[0]
     stage_layers = (np.asarray([float(per_stage[0])]), np.asarray([float(middle)]),

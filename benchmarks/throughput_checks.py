@@ -52,7 +52,7 @@ class LayerTimes:
                              flash_attention=judging.flash_attention)
             p = ParallelConfig(tensor_model_parallel_size=tp, micro_batch_size=mbs, sequence_parallel=sp,
                                recompute_granularity=rc, use_distributed_optimizer=False)
-            knobs = C.Knobs(**{k: np.asarray([v]) for k, v in vars(C.Knobs.of(p)).items()})
+            knobs = C.Knobs.batch_of(p)
             works = []
             for layers in (2, 1):
                 model = gpt_spec("gpt-22B-layer", layers, h, a, vocab)

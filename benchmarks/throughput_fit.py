@@ -42,7 +42,7 @@ class Fitter:
         self.rows = rows
         self.work = []
         for r in rows:
-            knobs = C.Knobs(**{k: np.asarray([v]) for k, v in vars(C.Knobs.of(r.parallel)).items()})
+            knobs = C.Knobs.batch_of(r.parallel)
             self.work.append(step_work(r.model, r.cluster, r.workload, knobs,
                                        grad_reduce_in_fp32=r.judging.memory_options.grad_reduce_in_fp32,
                                        moe_dispatcher=r.moe_dispatcher))

@@ -196,8 +196,7 @@ def test_expert_imbalance_grows_with_ep():
     workload = Workload(seq_length=4096, global_batch_size=512)
     spreads = []
     for ep in (2, 8, 32):
-        k = C.Knobs(**{key: np.asarray([v]) for key, v in vars(C.Knobs.of(ParallelConfig(
-            expert_model_parallel_size=ep))).items()})
+        k = C.Knobs.batch_of(ParallelConfig(expert_model_parallel_size=ep))
         spreads.append(float(layer_work(model, cluster, workload, k, moe_layer=True).imbalance_spread[0]))
     assert spreads == sorted(spreads) and spreads[0] > 0
 
@@ -423,10 +422,10 @@ def test_tp_collective_hides_only_behind_its_own_gemm():
                                  "gemm_memory_weight": 1.0, "layer_overhead_s": 1e-9})
     job = _job(8, gbs=8, seq=4096, tensor_model_parallel_size=8, sequence_parallel=True)
     base = get_model("llama3-8b")
+    knobs = C.Knobs.batch_of(job.parallel)
     tp_comm, floors = [], []
     for ffn in (base.ffn_hidden_size, 8 * base.ffn_hidden_size):
         model = base.model_copy(update={"ffn_hidden_size": ffn})
-        knobs = C.Knobs(**{k: np.asarray([v]) for k, v in vars(C.Knobs.of(job.parallel)).items()})
         per_layer = step_work(model, cluster, job.workload, knobs).dense.tp_comm_s.sum(axis=0)[0]
         floors.append(2 * model.num_layers * 8 * per_layer / 8)  # fwd + bwd, 32 layers, 8 micro-batches: 1/TP each
         tp_comm.append(predict(model, cluster, job, constants=c).breakdown_s["tp_comm"])
