@@ -266,16 +266,19 @@ LOW_RANK_NOTES = {
         "Our memory model does not fit it beside the CP2 row (82 GiB: Megatron-FSDP also shards the weights and "
         "gradients, which we model as the distributed optimizer). No TP2 measurement is published."),
     "gpt-oss-120b": (
-        "Our pick is the recipe's own TP1 PP4 EP8 with interleaving (VPP2), an uneven split that offloads the stage "
-        "running the 201k-vocabulary output layer, and micro-batch 4 with full recompute, predicted about 11% "
-        "faster. Most of that gain is in the routed-expert GEMMs: our roofline (gemm_memory_weight) makes them "
-        "memory-bound at micro-batch 1 (1,024 tokens per expert; 2.2x their math time) and far less at micro-batch 4 "
-        "(1.2x); the fixed per-layer time, paid per micro-batch, adds the rest. NVIDIA's own data lean against the "
-        "larger micro-batch: the 25.11 recipe at MBS 4 ran at 5630 "
-        "tok/s, the later MBS 1 recipes at 5810-5993 (other software, though), and we predict MBS 4 faster. The "
-        "recipe sets no VPP (perf_recipes/gpt_oss/common.py: virtual_pipeline_model_parallel_size=None) and "
-        "recomputes layernorm and MoE activations to fit in 80 GB, so memory may also decide; the published MBS 1 "
-        "configs themselves are predicted within 3%."),
+        "The recipe splits the 36 layers evenly over 4 stages, so the last stage also runs the untied "
+        "201k-vocabulary output layer and its loss; that GEMM alone has about 4 times the forward FLOPs of one "
+        "MoE decoder layer (2 s h V = 4.7 TFLOP per micro-batch, against about 1.2), and in our model it makes the "
+        "last stage the slowest, which sets the pace of the whole pipeline. Configs that balance the stages are "
+        "predicted 7-11% faster, most of it at the recipe's own micro-batch 1: the recipe's TP1 PP4 EP8 with VPP 2 "
+        "and 8 layers on the first and last stages (about 8%), or TP1 PP2 VPP6 EP16 (about 9%). Our top pick adds "
+        "micro-batch 4 with full recompute for a further 3%, which comes from the routed-expert GEMMs (our roofline, "
+        "gemm_memory_weight, makes them memory-bound at micro-batch 1) and which NVIDIA's own data lean against: "
+        "the 25.11 recipe at MBS 4 ran at 5630 tok/s, the later MBS 1 recipes at 5810-5993 (other software, "
+        "though). The recipe sets no VPP (perf_recipes/gpt_oss/common.py: virtual_pipeline_model_parallel_size="
+        "None) and recomputes layernorm and MoE activations to fit in 80 GB, so memory may also decide; its MBS 1 "
+        "rows are predicted within 3%. No measurement of a balanced split is published for this model; for "
+        "Llama3 70B NVIDIA pinned one after these rows (see llama3-70b)."),
     "llama2-7b": (
         "We prefer micro-batch 2 (about 7% faster): the fixed per-layer time is paid per micro-batch, so doubling "
         "it halves that share. The recipe ran MBS 1; no measurement of MBS 2 is published."),
