@@ -54,9 +54,9 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from autotune import constraints as C
-from autotune.cluster import ClusterSpec
+from autotune.cluster import ClusterSpec, GPUSpec
 from autotune.config import JobConfig, Workload
-from autotune.cost_terms import MOE_DISPATCHERS, StepWork, step_work
+from autotune.cost_terms import MOE_DISPATCHERS, LayerWork, StepWork, step_work
 from autotune.errors import ConfigError
 from autotune.flops import model_flops_per_iteration
 from autotune.model_spec import ModelSpec
@@ -165,39 +165,56 @@ class CostEstimate:
         return asdict(self)
 
 
-def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Workload,
-            c: CostConstants, options: RunOptions = RunOptions()) -> dict[str, np.ndarray]:
-    """Seconds from physical work: step_time_s and its breakdown, one array entry per config."""
-    gpu = cluster.gpu
-    fp8 = workload.precision == "fp8"
+def layer_compute_s(w: LayerWork, gpu: GPUSpec, precision: str, c: CostConstants,
+                    options: RunOptions = RunOptions()) -> dict[str, np.ndarray]:
+    """Seconds of one decoder layer's compute for one micro-batch on one GPU, no communication.
+
+    Keys: each_gemm (GEMMs, configs) and gemm (their sum with the FP8 casts), attention_fwd, attention_bwd,
+    elementwise and fixed (each per pass); forward and backward are the pass totals combine() uses.
+    """
+    fp8 = precision == "fp8"
     peak_bf16 = gpu.bf16_tflops * 1e12
     peak_lin = (gpu.fp8_tflops if fp8 and gpu.fp8_tflops else gpu.bf16_tflops) * 1e12
     eff_lin = c.fp8_gemm_efficiency if fp8 else c.gemm_efficiency
     hbm = gpu.hbm_bandwidth_gbps * 1e9
+    # Roofline: a GEMM takes the longer of its math and its operand traffic, so only small shards
+    # (large TP/EP/ETP, few tokens per expert) turn memory-bound; a big GEMM gains nothing from a
+    # larger micro-batch.
+    per_gemm = np.maximum(w.linear_flops / (peak_lin * eff_lin), c.gemm_memory_weight * w.linear_bytes / hbm)
+    imbalance = 1.0 + (0.0 if options.force_balanced_routing else c.expert_load_cv) * w.imbalance_spread
+    each_gemm = np.where(w.routed_gemms[:, None], per_gemm * imbalance, per_gemm)
+    gemm = each_gemm.sum(axis=0) + w.cast_bytes / hbm
+    keys = w.attention_key_len
+    if options.flash_attention:
+        attn = w.attention_flops / (peak_bf16 * c.attention_efficiency * keys / (keys + FLASH_HALF_EFFICIENCY_KEYS))
+        attn_b = 2.5 * attn
+    else:
+        square_gemm = 2.0 * w.attention_flops / (peak_bf16 * c.gemm_efficiency)  # full square: twice the causal half
+        attn = square_gemm + NONFLASH_FWD_BYTES_PER_SCORE * w.attention_scores / hbm
+        attn_b = 2.0 * square_gemm + NONFLASH_BWD_BYTES_PER_SCORE * w.attention_scores / hbm
+    elem = (w.elementwise_bytes + c.moe_token_passes * w.moe_token_bytes + w.cp_correction_bytes) / hbm
+    # A layer runs a few dozen kernels per pass (norms, GEMMs, casts and amax updates, attention, activation,
+    # bias-dropout-add), each with a launch and a partial last wave that no byte or FLOP count sees; this
+    # time does not shrink with the shard, so it weighs most on narrow models and small micro-batches.
+    # Backward runs about twice the kernels.
+    fixed = np.full_like(gemm, c.layer_overhead_s)
+    return {"each_gemm": each_gemm, "gemm": gemm, "attention_fwd": attn, "attention_bwd": attn_b,
+            "elementwise": elem, "fixed": fixed, "imbalance": imbalance,
+            "forward": gemm + attn + elem + fixed, "backward": 2 * gemm + attn_b + 2 * (elem + fixed)}
+
+
+def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Workload,
+            c: CostConstants, options: RunOptions = RunOptions()) -> dict[str, np.ndarray]:
+    """Seconds from physical work: step_time_s and its breakdown, one array entry per config."""
+    gpu = cluster.gpu
+    peak_bf16 = gpu.bf16_tflops * 1e12
+    hbm = gpu.hbm_bandwidth_gbps * 1e9
     net = c.network_efficiency
 
     def layer(w):
-        # Roofline: a GEMM takes the longer of its math and its operand traffic, so only small shards
-        # (large TP/EP/ETP, few tokens per expert) turn memory-bound; a big GEMM gains nothing from a
-        # larger micro-batch.
-        per_gemm = np.maximum(w.linear_flops / (peak_lin * eff_lin), c.gemm_memory_weight * w.linear_bytes / hbm)
-        imbalance = 1.0 + (0.0 if options.force_balanced_routing else c.expert_load_cv) * w.imbalance_spread
-        each_gemm = np.where(w.routed_gemms[:, None], per_gemm * imbalance, per_gemm)
-        gemm = each_gemm.sum(axis=0) + w.cast_bytes / hbm
-        keys = w.attention_key_len
-        if options.flash_attention:
-            attn = w.attention_flops / (peak_bf16 * c.attention_efficiency * keys / (keys + FLASH_HALF_EFFICIENCY_KEYS))
-            attn_b = 2.5 * attn
-        else:
-            square_gemm = 2.0 * w.attention_flops / (peak_bf16 * c.gemm_efficiency)  # full square: twice the causal half
-            attn = square_gemm + NONFLASH_FWD_BYTES_PER_SCORE * w.attention_scores / hbm
-            attn_b = 2.0 * square_gemm + NONFLASH_BWD_BYTES_PER_SCORE * w.attention_scores / hbm
-        elem = (w.elementwise_bytes + c.moe_token_passes * w.moe_token_bytes + w.cp_correction_bytes) / hbm
-        # A layer runs a few dozen kernels per pass (norms, GEMMs, casts and amax updates, attention, activation,
-        # bias-dropout-add), each with a launch and a partial last wave that no byte or FLOP count sees; this
-        # time does not shrink with the shard, so it weighs most on narrow models and small micro-batches.
-        # Backward runs about twice the kernels.
-        fixed = c.layer_overhead_s
+        parts = layer_compute_s(w, gpu, workload.precision, c, options)
+        each_gemm, imbalance = parts["each_gemm"], parts["imbalance"]
+        attn, attn_b = parts["attention_fwd"], parts["attention_bwd"]
         # TP collectives, each hidden only behind the GEMM it feeds or drains (a collective and its GEMM
         # depend on each other, so the attention side's cannot hide behind the MLP's GEMMs). Backward:
         # Megatron overlaps the input-gradient all-reduce / reduce-scatter with the weight-gradient GEMM
@@ -225,7 +242,7 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
         ep = c.moe_dispatch_overhead * imbalance * np.maximum(w.ep_nvlink_s, w.ep_internode_s) / net
         cp_f = np.maximum(w.cp_link_s / net - attn, 0.0)
         cp_b = np.maximum(2 * w.cp_link_s / net - attn_b, 0.0)
-        compute_f, compute_b = gemm + attn + elem + fixed, 2 * gemm + attn_b + 2 * (elem + fixed)
+        compute_f, compute_b = parts["forward"], parts["backward"]
         fwd = compute_f + tp_f + ep + cp_f
         # Full recompute re-runs the forward: its compute here, its TP / EP time under those keys.
         recompute = np.where(work.recompute == 2, compute_f + cp_f, np.where(work.recompute == 1, attn, 0.0))

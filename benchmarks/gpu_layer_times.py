@@ -1,0 +1,311 @@
+"""Per-layer forward and backward time of real Megatron Core layers against the cost model's compute term.
+
+On one GPU this builds Megatron Core GPT models of 1 and of 2 decoder layers whose per-GPU shapes are those of
+one tensor-parallel (and, for MoE, expert-tensor-parallel) shard: heads, query groups and FFN widths divided by
+the shard count, head size kept. The difference of the two models' times is one layer's (embedding, output
+layer and loss cancel) with no communication in it, which is what the cost model's compute term
+(cost.layer_compute_s) predicts for that shard. A profiler pass splits out the linear-layer GEMMs
+(aten::mm / aten::addmm), the part whose dependence on micro-batch size and shard width the fitted roofline
+constants (gemm_efficiency, gemm_memory_weight) stand in for.
+
+The layer spec is Megatron's local (pure-PyTorch) one unless Transformer Engine imports; the local core
+attention is unfused (the s x s scores in memory), so it is compared with the model's non-flash attention
+(RunOptions.flash_attention=False).
+
+  python benchmarks/gpu_layer_times.py                 # GPU: writes benchmarks/results/gpu_layer_times.md
+  python benchmarks/gpu_layer_times.py --smoke --out X # CPU, tiny shapes: checks the harness; times mean nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from autotune import constraints as C  # noqa: E402
+from autotune.atomic import write_text_atomic  # noqa: E402
+from autotune.cluster import ClusterSpec  # noqa: E402
+from autotune.config import ParallelConfig, Workload  # noqa: E402
+from autotune.cost import RunOptions, layer_compute_s  # noqa: E402
+from autotune.cost_constants import load_cost_constants  # noqa: E402
+from autotune.cost_terms import step_work  # noqa: E402
+from autotune.model_catalog import get_model  # noqa: E402
+from autotune.model_spec import ModelSpec  # noqa: E402
+
+# (catalog model, shard widths, micro-batch sizes). The widths are the TP (and ETP) sizes whose per-GPU
+# shapes are measured; MBS 1-4 at s 4096 spans the token counts the published H100 recipes run.
+GPU_CASES = (("llama3-8b", (1, 2, 4, 8), (1, 2, 4)), ("llama3-70b", (2, 4, 8), (1, 2, 4)),
+             ("mixtral-8x7b", (1, 2, 4), (1, 2)))
+SMOKE_CASES = (("tiny-dense", (1, 2), (1, 2)), ("tiny-moe", (1, 2), (1,)))
+# The measured models' vocabulary: the output layer cancels in the 2-minus-1-layer difference, so a small
+# one only saves time and memory.
+MEASURE_VOCAB = 1024
+LINEAR_GEMM_OPS = ("aten::mm", "aten::addmm")
+ATTENTION_GEMM_OPS = ("aten::bmm", "aten::baddbmm")
+# torch.cuda.get_device_name() substring -> cluster.py GPU type
+GPU_TYPES = (("H200", "h200-141gb"), ("H100", "h100-80gb"), ("A100", "a100-80gb"), ("B200", "b200"))
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    model: str
+    shard: int  # TP (= ETP for MoE) size whose per-GPU shapes were measured
+    micro_batch_size: int
+    seq_length: int
+    layer_params: int  # parameters of one built layer (2-layer model minus 1-layer model)
+    measured_fwd_ms: float
+    measured_bwd_ms: float
+    measured_linear_gemm_ms: float | None  # fwd + bwd, profiler (GPU only)
+    measured_attention_gemm_ms: float | None
+    predicted_fwd_ms: float
+    predicted_bwd_ms: float
+    predicted_linear_gemm_ms: float  # fwd + 2 x bwd GEMM roofline
+
+
+def shard_spec(model: ModelSpec, shard: int, num_layers: int, vocab_size: int = MEASURE_VOCAB) -> ModelSpec:
+    """A single-GPU model whose layers have the per-GPU shapes of a TP (and ETP) = `shard` run of `model`."""
+    if model.num_query_groups % shard or model.ffn_hidden_size % shard:
+        raise ValueError(f"{model.name}: shard {shard} does not divide its query groups / FFN width")
+    update = dict(num_layers=num_layers, vocab_size=vocab_size,
+                  num_attention_heads=model.num_attention_heads // shard,
+                  num_query_groups=model.num_query_groups // shard, ffn_hidden_size=model.ffn_hidden_size // shard)
+    if model.moe is not None:
+        moe = model.moe.model_dump()
+        moe["moe_ffn_hidden_size"] //= shard
+        if moe["shared_expert_ffn_hidden_size"]:
+            moe["shared_expert_ffn_hidden_size"] //= shard
+        moe["num_dense_layers"] = 0
+        update["moe"] = moe
+    return ModelSpec.model_validate({**model.model_dump(), **update})
+
+
+def predicted_ms(model: ModelSpec, shard: int, mbs: int, seq: int, gpu_type: str,
+                 flash: bool) -> tuple[float, float, float]:
+    """Cost-model forward, backward and linear-GEMM (fwd + bwd) milliseconds of one layer at TP = ETP = shard,
+    without sequence parallelism (the measured shard runs its norms on every token too)."""
+    cluster = ClusterSpec.build(shard, gpu_type)
+    p = ParallelConfig(tensor_model_parallel_size=shard, expert_tensor_parallel_size=shard, micro_batch_size=mbs,
+                       sequence_parallel=False)
+    work = step_work(model, cluster, Workload(seq_length=seq, global_batch_size=mbs, precision="bf16"),
+                     C.Knobs.batch_of(p))
+    parts = layer_compute_s(work.moe if model.is_moe else work.dense, cluster.gpu, "bf16", load_cost_constants(),
+                            RunOptions(flash_attention=flash))
+    return (1e3 * float(parts["forward"][0]), 1e3 * float(parts["backward"][0]), 3e3 * float(parts["gemm"][0]))
+
+
+# --- measurement (imports torch and Megatron) ----------------------------------------------------
+
+def _init(gpu: bool) -> None:
+    import torch
+    import torch.distributed as dist
+    from megatron.core import parallel_state, tensor_parallel
+
+    if gpu:
+        torch.cuda.set_device(0)
+    with socket.socket() as s:  # a free port for the one-process group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group(backend="nccl" if gpu else "gloo", init_method=f"tcp://127.0.0.1:{port}",
+                            world_size=1, rank=0)
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
+    tensor_parallel.model_parallel_cuda_manual_seed(1234)
+    torch.manual_seed(1234)
+
+
+def _build(spec: ModelSpec, seq: int, gpu: bool, layer_spec: str):
+    import torch
+
+    from trial_runner.model_builder import build_model_chunks
+
+    dtype = torch.bfloat16 if gpu else torch.float32
+    (chunk,) = build_model_chunks(spec, ParallelConfig(), seq_length=seq, dtype=dtype, layer_spec=layer_spec,
+                                  use_cpu_initialization=not gpu)
+    return chunk.cuda() if gpu else chunk
+
+
+def _batch(mbs: int, seq: int, gpu: bool) -> dict:
+    import torch
+
+    device = "cuda" if gpu else "cpu"
+    tokens = torch.randint(0, MEASURE_VOCAB, (mbs, seq), device=device)
+    positions = torch.arange(seq, device=device).unsqueeze(0).expand(mbs, seq)
+    return {"tokens": tokens, "positions": positions, "labels": torch.roll(tokens, -1, dims=1)}
+
+
+def _step(model, batch):
+    from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
+
+    # The MoE aux-loss log is global and sized by the first model's layer count: start it afresh each step.
+    get_moe_layer_wise_logging_tracker().clear()
+    loss = model(batch["tokens"], batch["positions"], attention_mask=None, labels=batch["labels"]).float().mean()
+    return loss
+
+
+def _times(model, batch, gpu: bool, warmup: int, iters: int) -> tuple[float, float]:
+    """Median forward (to the loss) and backward milliseconds."""
+    import torch
+
+    fwd, bwd = [], []
+    for i in range(warmup + iters):
+        model.zero_grad(set_to_none=True)
+        if gpu:
+            marks = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+            marks[0].record()
+            loss = _step(model, batch)
+            marks[1].record()
+            loss.backward()
+            marks[2].record()
+            torch.cuda.synchronize()
+            f, b = marks[0].elapsed_time(marks[1]), marks[1].elapsed_time(marks[2])
+        else:
+            t0 = time.perf_counter()
+            loss = _step(model, batch)
+            t1 = time.perf_counter()
+            loss.backward()
+            f, b = 1e3 * (t1 - t0), 1e3 * (time.perf_counter() - t1)
+        if i >= warmup:
+            fwd.append(f)
+            bwd.append(b)
+    return statistics.median(fwd), statistics.median(bwd)
+
+
+def _gemm_ms(model, batch) -> tuple[float, float]:
+    """Device milliseconds of the linear-layer and attention GEMMs in one forward + backward (profiler)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    model.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        _step(model, batch).backward()
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        device_us = getattr(event, "self_device_time_total", None)
+        if device_us is None:  # torch < 2.4 names it after CUDA
+            device_us = event.self_cuda_time_total
+        totals[event.key] = totals.get(event.key, 0.0) + device_us
+    return (sum(totals.get(k, 0.0) for k in LINEAR_GEMM_OPS) / 1e3,
+            sum(totals.get(k, 0.0) for k in ATTENTION_GEMM_OPS) / 1e3)
+
+
+def measure(cases, seq: int, gpu: bool, warmup: int, iters: int, progress=print) -> tuple[list[LayerTiming], str]:
+    import torch
+
+    from trial_runner.model_builder import choose_layer_spec, count_local_parameters
+
+    _init(gpu)
+    layer_spec = choose_layer_spec("gpu" if gpu else "cpu")
+    gpu_type = "h100-80gb"  # CPU smoke runs: the predictions only exercise the code
+    if gpu:
+        name = torch.cuda.get_device_name(0)
+        gpu_type = next((t for key, t in GPU_TYPES if key in name), "h100-80gb")
+    out = []
+    for model_name, shards, mbss in cases:
+        model = get_model(model_name)
+        for shard in shards:
+            models = [_build(shard_spec(model, shard, n), seq, gpu, layer_spec) for n in (1, 2)]
+            params = count_local_parameters([models[1]]) - count_local_parameters([models[0]])
+            for mbs in mbss:
+                batch = _batch(mbs, seq, gpu)
+                (f1, b1), (f2, b2) = (_times(m, batch, gpu, warmup, iters) for m in models)
+                lin = att = None
+                if gpu:
+                    (l1, a1), (l2, a2) = (_gemm_ms(m, batch) for m in models)
+                    lin, att = l2 - l1, a2 - a1
+                pf, pb, pg = predicted_ms(model, shard, mbs, seq, gpu_type, layer_spec == "transformer_engine")
+                row = LayerTiming(model=model_name, shard=shard, micro_batch_size=mbs, seq_length=seq,
+                                  layer_params=params, measured_fwd_ms=f2 - f1, measured_bwd_ms=b2 - b1,
+                                  measured_linear_gemm_ms=lin, measured_attention_gemm_ms=att,
+                                  predicted_fwd_ms=pf, predicted_bwd_ms=pb, predicted_linear_gemm_ms=pg)
+                out.append(row)
+                progress(f"{model_name} shard {shard} mbs {mbs}: measured {f2 - f1:.2f}+{b2 - b1:.2f} ms, "
+                         f"predicted {pf:.2f}+{pb:.2f} ms")
+            del models
+            if gpu:
+                torch.cuda.empty_cache()
+    device = torch.cuda.get_device_name(0) if gpu else "CPU (smoke run: times are not meaningful)"
+    return out, f"{device}; torch {torch.__version__}; layer spec {layer_spec}; cost model as GPU type {gpu_type}"
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+def _pct(pred: float, meas: float | None) -> str:
+    return "-" if meas is None or meas <= 0 else f"{100 * (pred / meas - 1):+.1f}%"
+
+
+def report(rows: list[LayerTiming], setup: str) -> str:
+    lines = [
+        "# Per-layer time of real Megatron Core layers vs the cost model's compute term",
+        "",
+        f"Generated by `benchmarks/gpu_layer_times.py` on {setup}. One decoder layer = the 2-layer model minus "
+        "the 1-layer model, per micro-batch, at the per-GPU shapes of TP (= ETP) `shard`, bf16, no "
+        "communication; medians of the timed iterations. Predicted: `cost.layer_compute_s` with the packaged "
+        "constants (fitted on H100/A100 rows; not refitted here). Linear GEMMs: aten::mm + aten::addmm device "
+        "time, forward + backward.",
+        "",
+        "| model | shard | MBS | tokens | layer params | measured fwd ms | measured bwd ms | predicted fwd ms "
+        "| predicted bwd ms | fwd+bwd error | measured linear GEMM ms | predicted linear GEMM ms | GEMM error |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        meas, pred = r.measured_fwd_ms + r.measured_bwd_ms, r.predicted_fwd_ms + r.predicted_bwd_ms
+        gemm = "-" if r.measured_linear_gemm_ms is None else f"{r.measured_linear_gemm_ms:.2f}"
+        lines.append(
+            f"| {r.model} | {r.shard} | {r.micro_batch_size} | {r.micro_batch_size * r.seq_length} | "
+            f"{r.layer_params:,} | {r.measured_fwd_ms:.2f} | {r.measured_bwd_ms:.2f} | {r.predicted_fwd_ms:.2f} | "
+            f"{r.predicted_bwd_ms:.2f} | {_pct(pred, meas)} | {gemm} | {r.predicted_linear_gemm_ms:.2f} | "
+            f"{_pct(r.predicted_linear_gemm_ms, r.measured_linear_gemm_ms)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks the harness only")
+    ap.add_argument("--seq-length", type=int, default=None, help="default 4096 (GPU), 64 (--smoke)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--out", type=Path, default=None, help="markdown report (default benchmarks/results/"
+                                                            "gpu_layer_times.md on GPU; printed only with --smoke)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    args = ap.parse_args(argv)
+
+    gpu = not args.smoke
+    if gpu:
+        # Megatron's ordered kernel launches, as in the trial worker; read when the CUDA context is created.
+        os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+
+    import torch
+
+    if gpu and not torch.cuda.is_available():
+        print("error: no CUDA GPU visible; run this on a GPU node, or pass --smoke to check the harness on CPU",
+              file=sys.stderr)
+        return 2
+    seq = args.seq_length or (64 if args.smoke else 4096)
+    if args.smoke:
+        from trial_runner import cpu_compat
+
+        mode = cpu_compat.enable()
+        mode.__enter__()
+    rows, setup = measure(SMOKE_CASES if args.smoke else GPU_CASES, seq, gpu, args.warmup, args.iters,
+                          progress=lambda line: print(line, file=sys.stderr, flush=True))
+    text = report(rows, setup)
+    print(text)
+    out = args.out or (None if args.smoke else ROOT / "benchmarks" / "results" / "gpu_layer_times.md")
+    if out is not None:
+        write_text_atomic(out, text)
+    if args.json is not None:
+        write_text_atomic(args.json, json.dumps({"setup": setup, "rows": [asdict(r) for r in rows]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
