@@ -264,7 +264,33 @@ def report(rows: list[LayerTiming], setup: str) -> str:
             f"{r.layer_params:,} | {r.measured_fwd_ms:.2f} | {r.measured_bwd_ms:.2f} | {r.predicted_fwd_ms:.2f} | "
             f"{r.predicted_bwd_ms:.2f} | {_pct(pred, meas)} | {gemm} | {r.predicted_linear_gemm_ms:.2f} | "
             f"{_pct(r.predicted_linear_gemm_ms, r.measured_linear_gemm_ms)} |")
+    lines += ["", *_intercept_lines(rows)]
     return "\n".join(lines) + "\n"
+
+
+def _intercept_lines(rows: list[LayerTiming]) -> list[str]:
+    """Per (model, shard): a straight line through fwd+bwd ms against tokens per micro-batch. Its intercept is
+    the time a layer pays per micro-batch whatever its size (launches, partial waves, small-GEMM
+    inefficiency), which the fitted layer_overhead_s and gemm_memory_weight stand for; the same line through
+    the predictions gives the model's."""
+    import numpy as np
+
+    groups: dict[tuple[str, int], list[LayerTiming]] = {}
+    for r in rows:
+        groups.setdefault((r.model, r.shard), []).append(r)
+    lines = ["Fixed time per layer and micro-batch (intercept of fwd+bwd ms against tokens, least squares over "
+             "the micro-batch sizes):", "",
+             "| model | shard | measured intercept ms | predicted intercept ms | measured us per 1k tokens "
+             "| predicted us per 1k tokens |", "|---|---:|---:|---:|---:|---:|"]
+    for (model, shard), group in groups.items():
+        if len(group) < 2:
+            continue
+        tokens = [g.micro_batch_size * g.seq_length for g in group]
+        meas = np.polyfit(tokens, [g.measured_fwd_ms + g.measured_bwd_ms for g in group], 1)
+        pred = np.polyfit(tokens, [g.predicted_fwd_ms + g.predicted_bwd_ms for g in group], 1)
+        lines.append(f"| {model} | {shard} | {meas[1]:.3f} | {pred[1]:.3f} | {1e6 * meas[0]:.1f} | "
+                     f"{1e6 * pred[0]:.1f} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,4 +68,7 @@ def test_smoke_run_builds_one_tp_shard_per_layer(tmp_path):
         assert r["layer_params"] == share, r
         assert all(np.isfinite([r["measured_fwd_ms"], r["measured_bwd_ms"]]))
         assert r["predicted_fwd_ms"] > 0 and r["predicted_bwd_ms"] > r["predicted_fwd_ms"]
-    assert out.read_text().count("\n| tiny-") == len(expected_cases)
+    per_case, fixed_time = out.read_text().split("Fixed time per layer")
+    assert per_case.count("\n| tiny-") == len(expected_cases)
+    # One intercept line per (model, shard) measured at two or more micro-batch sizes.
+    assert fixed_time.count("\n| tiny-") == sum(len(shards) for _, shards, mbss in SMOKE_CASES if len(mbss) > 1)
