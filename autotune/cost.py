@@ -170,7 +170,8 @@ def layer_compute_s(w: LayerWork, gpu: GPUSpec, precision: str, c: CostConstants
     """Seconds of one decoder layer's compute for one micro-batch on one GPU, no communication.
 
     Keys: each_gemm (GEMMs, configs) and gemm (their sum with the FP8 casts), attention_fwd, attention_bwd,
-    elementwise and fixed (each per pass); forward and backward are the pass totals combine() uses.
+    elementwise and fixed (each per pass); forward and backward are the pass totals combine() uses; imbalance
+    is the routed experts' load factor (the busiest EP rank's), which the EP exchange pays too.
     """
     fp8 = precision == "fp8"
     peak_bf16 = gpu.bf16_tflops * 1e12
@@ -243,7 +244,6 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
         cp_f = np.maximum(w.cp_link_s / net - attn, 0.0)
         cp_b = np.maximum(2 * w.cp_link_s / net - attn_b, 0.0)
         compute_f, compute_b = parts["forward"], parts["backward"]
-        fwd = compute_f + tp_f + ep + cp_f
         # Full recompute re-runs the forward: its compute here, its TP / EP time under those keys.
         recompute = np.where(work.recompute == 2, compute_f + cp_f, np.where(work.recompute == 1, attn, 0.0))
         return {"compute": compute_f + compute_b, "recompute": recompute, "tp_comm": tp_f + tp_b + np.where(

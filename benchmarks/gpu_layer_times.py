@@ -28,6 +28,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -273,8 +275,6 @@ def _intercept_lines(rows: list[LayerTiming]) -> list[str]:
     the time a layer pays per micro-batch whatever its size (launches, partial waves, small-GEMM
     inefficiency), which the fitted layer_overhead_s and gemm_memory_weight stand for; the same line through
     the predictions gives the model's."""
-    import numpy as np
-
     groups: dict[tuple[str, int], list[LayerTiming]] = {}
     for r in rows:
         groups.setdefault((r.model, r.shard), []).append(r)
