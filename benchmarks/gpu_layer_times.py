@@ -199,7 +199,9 @@ def _gemm_ms(model, batch) -> tuple[float, float]:
             sum(totals.get(k, 0.0) for k in ATTENTION_GEMM_OPS) / 1e3)
 
 
-def measure(cases, seq: int, gpu: bool, warmup: int, iters: int, progress=print) -> tuple[list[LayerTiming], str]:
+def measure(cases, seq: int, gpu: bool, warmup: int, iters: int, on_row, progress=print) -> None:
+    """Time every case; after each row, on_row(rows so far, setup line, skipped cases) (the caller writes the
+    report then, so a run stopped at a time limit keeps what it measured)."""
     import torch
 
     from trial_runner.model_builder import choose_layer_spec, count_local_parameters
@@ -210,32 +212,42 @@ def measure(cases, seq: int, gpu: bool, warmup: int, iters: int, progress=print)
     if gpu:
         name = torch.cuda.get_device_name(0)
         gpu_type = next((t for key, t in GPU_TYPES if key in name), "h100-80gb")
-    out = []
+    device = torch.cuda.get_device_name(0) if gpu else "CPU (smoke run: times are not meaningful)"
+    setup = f"{device}; torch {torch.__version__}; layer spec {layer_spec}; cost model as GPU type {gpu_type}"
+    rows: list[LayerTiming] = []
+    skipped: list[str] = []
     for model_name, shards, mbss in cases:
         model = get_model(model_name)
         for shard in shards:
             models = [_build(shard_spec(model, shard, n), seq, gpu, layer_spec) for n in (1, 2)]
             params = count_local_parameters([models[1]]) - count_local_parameters([models[0]])
             for mbs in mbss:
-                batch = _batch(mbs, seq, gpu)
-                (f1, b1), (f2, b2) = (_times(m, batch, gpu, warmup, iters) for m in models)
-                lin = att = None
-                if gpu:
-                    (l1, a1), (l2, a2) = (_gemm_ms(m, batch) for m in models)
-                    lin, att = l2 - l1, a2 - a1
+                try:
+                    batch = _batch(mbs, seq, gpu)
+                    (f1, b1), (f2, b2) = (_times(m, batch, gpu, warmup, iters) for m in models)
+                    lin = att = None
+                    if gpu:
+                        (l1, a1), (l2, a2) = (_gemm_ms(m, batch) for m in models)
+                        lin, att = l2 - l1, a2 - a1
+                except torch.OutOfMemoryError:
+                    # A case too big for this GPU is reported as skipped; the others still run.
+                    skipped.append(f"{model_name} shard {shard} MBS {mbs} (out of memory)")
+                    progress(f"{model_name} shard {shard} mbs {mbs}: out of memory, skipped")
+                    if gpu:
+                        torch.cuda.empty_cache()
+                    on_row(rows, setup, skipped)
+                    continue
                 pf, pb, pg = predicted_ms(model, shard, mbs, seq, gpu_type, layer_spec == "transformer_engine")
-                row = LayerTiming(model=model_name, shard=shard, micro_batch_size=mbs, seq_length=seq,
-                                  layer_params=params, measured_fwd_ms=f2 - f1, measured_bwd_ms=b2 - b1,
-                                  measured_linear_gemm_ms=lin, measured_attention_gemm_ms=att,
-                                  predicted_fwd_ms=pf, predicted_bwd_ms=pb, predicted_linear_gemm_ms=pg)
-                out.append(row)
+                rows.append(LayerTiming(model=model_name, shard=shard, micro_batch_size=mbs, seq_length=seq,
+                                        layer_params=params, measured_fwd_ms=f2 - f1, measured_bwd_ms=b2 - b1,
+                                        measured_linear_gemm_ms=lin, measured_attention_gemm_ms=att,
+                                        predicted_fwd_ms=pf, predicted_bwd_ms=pb, predicted_linear_gemm_ms=pg))
                 progress(f"{model_name} shard {shard} mbs {mbs}: measured {f2 - f1:.2f}+{b2 - b1:.2f} ms, "
                          f"predicted {pf:.2f}+{pb:.2f} ms")
+                on_row(rows, setup, skipped)
             del models
             if gpu:
                 torch.cuda.empty_cache()
-    device = torch.cuda.get_device_name(0) if gpu else "CPU (smoke run: times are not meaningful)"
-    return out, f"{device}; torch {torch.__version__}; layer spec {layer_spec}; cost model as GPU type {gpu_type}"
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -244,7 +256,7 @@ def _pct(pred: float, meas: float | None) -> str:
     return "-" if meas is None or meas <= 0 else f"{100 * (pred / meas - 1):+.1f}%"
 
 
-def report(rows: list[LayerTiming], setup: str) -> str:
+def report(rows: list[LayerTiming], setup: str, skipped: list[str] = ()) -> str:
     lines = [
         "# Per-layer time of real Megatron Core layers vs the cost model's compute term",
         "",
@@ -266,6 +278,8 @@ def report(rows: list[LayerTiming], setup: str) -> str:
             f"{r.layer_params:,} | {r.measured_fwd_ms:.2f} | {r.measured_bwd_ms:.2f} | {r.predicted_fwd_ms:.2f} | "
             f"{r.predicted_bwd_ms:.2f} | {_pct(pred, meas)} | {gemm} | {r.predicted_linear_gemm_ms:.2f} | "
             f"{_pct(r.predicted_linear_gemm_ms, r.measured_linear_gemm_ms)} |")
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(skipped) + "."]
     lines += ["", *_intercept_lines(rows)]
     return "\n".join(lines) + "\n"
 
@@ -302,8 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="markdown report (default benchmarks/results/"
                                                             "gpu_layer_times.md on GPU; printed only with --smoke)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    ap.add_argument("--models", default=None, help="comma-separated subset of the case models, e.g. llama3-8b")
     args = ap.parse_args(argv)
 
+    cases = SMOKE_CASES if args.smoke else GPU_CASES
+    if args.models:
+        wanted = set(args.models.split(","))
+        cases = tuple(c for c in cases if c[0] in wanted)
+        if not cases:
+            print(f"error: --models {args.models!r} names none of the cases "
+                  f"({', '.join(c[0] for c in (SMOKE_CASES if args.smoke else GPU_CASES))})", file=sys.stderr)
+            return 2
     gpu = not args.smoke
     if gpu:
         # Megatron's ordered kernel launches, as in the trial worker; read when the CUDA context is created.
@@ -321,15 +344,20 @@ def main(argv: list[str] | None = None) -> int:
 
         mode = cpu_compat.enable()
         mode.__enter__()
-    rows, setup = measure(SMOKE_CASES if args.smoke else GPU_CASES, seq, gpu, args.warmup, args.iters,
-                          progress=lambda line: print(line, file=sys.stderr, flush=True))
-    text = report(rows, setup)
-    print(text)
     out = args.out or (None if args.smoke else ROOT / "benchmarks" / "results" / "gpu_layer_times.md")
-    if out is not None:
-        write_text_atomic(out, text)
-    if args.json is not None:
-        write_text_atomic(args.json, json.dumps({"setup": setup, "rows": [asdict(r) for r in rows]}, indent=1))
+    final: dict = {}
+
+    def write(rows: list[LayerTiming], setup: str, skipped: list[str]) -> None:
+        final.update(text=report(rows, setup, skipped))
+        if out is not None:
+            write_text_atomic(out, final["text"])
+        if args.json is not None:
+            write_text_atomic(args.json, json.dumps({"setup": setup, "skipped": skipped,
+                                                     "rows": [asdict(r) for r in rows]}, indent=1))
+
+    measure(cases, seq, gpu, args.warmup, args.iters, on_row=write,
+            progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(final.get("text", "no case was measured"))
     return 0
 
 

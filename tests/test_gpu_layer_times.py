@@ -72,3 +72,11 @@ def test_smoke_run_builds_one_tp_shard_per_layer(tmp_path):
     assert per_case.count("\n| tiny-") == len(expected_cases)
     # One intercept line per (model, shard) measured at two or more micro-batch sizes.
     assert fixed_time.count("\n| tiny-") == sum(len(shards) for _, shards, mbss in SMOKE_CASES if len(mbss) > 1)
+
+
+def test_unknown_case_model_is_a_one_line_error(capsys):
+    from benchmarks.gpu_layer_times import main
+
+    assert main(["--smoke", "--models", "no-such-model"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-such-model" in err[0] and "tiny-dense" in err[0]
