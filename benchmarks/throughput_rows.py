@@ -236,11 +236,15 @@ def nemo_rows() -> list[Row]:
     return rows
 
 
+def _csv_gpt(r: dict[str, str], name: str, vocab: int, source: str) -> ModelSpec:
+    """A GPT model from a paper/README table row's hidden_size, attention_heads and num_layers columns."""
+    return gpt_spec(name, int(r["num_layers"]), int(r["hidden_size"]), int(r["attention_heads"]), vocab, source=source)
+
+
 def megatron_lm_rows() -> list[Row]:
     rows = []
     for r in refdata_csv("megatron_lm_scaling.csv"):
-        h, a, L = int(r["hidden_size"]), int(r["attention_heads"]), int(r["num_layers"])
-        model = gpt_spec(f"gpt-{r['model_size']}", L, h, a, int(r["vocab_size"]), source="megatron_lm_scaling.csv")
+        model = _csv_gpt(r, f"gpt-{r['model_size']}", int(r["vocab_size"]), "megatron_lm_scaling.csv")
         s = int(r["seq_len"])
         per_token = model_flops_per_token(model, s, causal=False).total  # Megatron's 2024 convention
         tp = int(r["tp"])
@@ -259,9 +263,9 @@ def megatron_lm_rows() -> list[Row]:
 def narayanan_rows() -> list[Row]:
     rows = []
     for r in refdata_csv("narayanan2021_table1.csv"):
-        h, a, L = int(r["hidden_size"]), int(r["attention_heads"]), int(r["num_layers"])
         s, V, pp = int(r["seq_len"]), 51200, int(r["pp"])
-        model = gpt_spec(f"gpt-{r['params_billion']}b", L, h, a, V, source="narayanan2021_table1.csv")
+        model = _csv_gpt(r, f"gpt-{r['params_billion']}b", V, "narayanan2021_table1.csv")
+        L, h = model.num_layers, model.hidden_size
         eq3_per_token = 96 * L * h * h * (1 + s / (6 * h) + V / (16 * L * h))  # Eq. 3 / (B.s)
         lpvs = _int(r["layers_per_virtual_stage"], None)
         vpp = L // (pp * lpvs) if lpvs else None
@@ -281,8 +285,7 @@ def narayanan_rows() -> list[Row]:
 def korthikanti_rows() -> list[Row]:
     rows = []
     for r in refdata_csv("korthikanti2022.csv"):
-        h, a, L = int(r["hidden_size"]), int(r["attention_heads"]), int(r["num_layers"])
-        model = gpt_spec(f"gpt-{r['model'].split()[0]}", L, h, a, int(r["vocab_size"]), source="korthikanti2022.csv")
+        model = _csv_gpt(r, f"gpt-{r['model'].split()[0]}", int(r["vocab_size"]), "korthikanti2022.csv")
         n, gbs, s = int(r["num_gpus"]), int(r["global_batch_size"]), int(r["seq_len"])
         vpp = _int(r["interleave_stages"], None)
         base = dict(tensor_model_parallel_size=int(r["tp"]), pipeline_model_parallel_size=int(r["pp"]),
