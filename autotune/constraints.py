@@ -150,6 +150,14 @@ def _pipeline_ok(k: Knobs, c: Context) -> Any:
     return np.where(k.split == SPLIT_UNEVEN, uneven_ok, np.where(k.split == SPLIT_LAYOUT, layout_ok, even_ok))
 
 
+def _account_is_even(k: Knobs) -> Any:
+    # Counting the embedding and the loss as one layer each takes one layer from the first and the last
+    # virtual stage; with only those two (PP 1, or PP 2 without interleaving) that is the even split again,
+    # e.g. 80 layers on PP 2: (80 + 2) / 2 - 1 = 40 per stage.
+    chunks = np.where(k.pp > 1, k.pp * k.vpp, 1)
+    return (k.split == SPLIT_ACCOUNT) & (k.emb_slot == 1) & (k.loss_slot == 1) & (chunks <= 2)
+
+
 def _pipeline_detail(k: Knobs, c: Context) -> str:
     p = ParallelConfig(
         pipeline_model_parallel_size=int(k.pp), virtual_pipeline_model_parallel_size=int(k.vpp) if k.vpp > 1 else None,
@@ -305,8 +313,8 @@ _RULES: tuple[Rule, ...] = (
         explanation="This split gives the same per-stage layers as the plain even split, so it is searched once.",
         fix="use the even split",
         source="autotune policy (deduplication)",
-        ok=lambda k, c: np.logical_not((k.split == SPLIT_ACCOUNT) & (k.pp == 1)),
-        detail=lambda k, c: "account-for-embedding-and-loss split with PP=1 is the even split",
+        ok=lambda k, c: np.logical_not(_account_is_even(k)),
+        detail=lambda k, c: f"account-for-embedding-and-loss split with PP={k.pp}, VPP={k.vpp} is the even split",
         megatron=False,
     ),
     Rule(

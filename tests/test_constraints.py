@@ -114,6 +114,30 @@ def test_uneven_split_cannot_combine_with_account_flags():
     assert "cannot be combined" in fails["pipeline_layers"]
 
 
+@pytest.mark.parametrize("layers", [8, 16, 30, 61, 80])
+def test_account_split_is_pruned_exactly_when_it_equals_the_even_split(layers):
+    """Hand derivation of Megatron's account_for_embedding/loss split (transformer_config.py): the embedding
+    and the loss count as one layer each, (layers + 2) / (PP * VPP) per virtual stage, minus one on the
+    first and on the last. It duplicates the even split (layers / (PP * VPP) everywhere) only when it
+    changes nothing; the redundancy rule must prune exactly those."""
+    model = get_model("tiny-dense").model_copy(update={"name": f"tiny-{layers}", "num_layers": layers})
+    for pp in (1, 2, 3, 4):
+        for vpp in ((None, 2, 3) if pp > 1 else (None,)):
+            chunks = pp * (vpp or 1)
+            if (layers + 2) % chunks or layers % chunks:
+                continue  # one of the two splits is invalid: nothing to duplicate
+            account = [(layers + 2) // chunks] * chunks
+            account[0] -= 1
+            account[-1] -= 1
+            duplicate = account == [layers // chunks] * chunks
+            fails = verdict(model, pp, pipeline_model_parallel_size=pp, virtual_pipeline_model_parallel_size=vpp,
+                            account_for_embedding_in_pipeline_split=True, account_for_loss_in_pipeline_split=True)
+            assert ("pipeline_split_redundant" in fails) == duplicate, (layers, pp, vpp, fails)
+    assert "pipeline_split_redundant" in verdict("llama3-70b", 2, pipeline_model_parallel_size=2,
+                                                 account_for_embedding_in_pipeline_split=True,
+                                                 account_for_loss_in_pipeline_split=True)
+
+
 def test_layout_is_checked():
     fails = verdict("tiny-dense", 2, pipeline_model_parallel_size=2, pipeline_model_parallel_layout="Ettt|tttL")
     assert "layout places 6 decoder layers, the model has 8" in fails["pipeline_layers"]
