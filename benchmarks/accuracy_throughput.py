@@ -154,7 +154,8 @@ def main() -> None:
     in_sample = fitter.predict(full, everything)
     pub = np.exp(fitter.target)
     err = np.asarray(loo) / pub - 1
-    err_config = _leave_config_out(fitter, rows, full) / pub - 1
+    config_constants = _leave_config_out(fitter, rows, full)
+    err_config = np.asarray([fitter.predict(c, [i])[0] for i, c in enumerate(config_constants)]) / pub - 1
     h100 = np.asarray([r.is_h100 for r in rows])
     summary = {
         "rows": len(rows), "h100_rows": int(h100.sum()), "a100_rows": int((~h100).sum()),
@@ -182,6 +183,8 @@ def main() -> None:
         ok0, strict0, _ = hits([rank_row(r, loo_constants[i], FULL_CAPACITY) if wanted(r) else None
                                 for i, r in enumerate(rows)])
         summary["rank_hits_full_capacity"] = f"{ok0}/{tried}"
+        ok_config, _, _ = hits([rank_row(r, config_constants[i]) if wanted(r) else None for i, r in enumerate(rows)])
+        summary["rank_hits_leave_config_out"] = f"{ok_config}/{tried}"
         summary["rank_hits_strict_full_capacity"] = f"{strict0}/{tried}"
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     report = _report(summary, full, lines, rows, ranks, layer_check_lines(LayerTimes(), full),
@@ -212,8 +215,8 @@ def _config_key(r: Row) -> tuple:
             r.workload.global_batch_size, r.workload.seq_length)
 
 
-def _leave_config_out(fitter: Fitter, rows: list[Row], start: CostConstants) -> np.ndarray:
-    """Predictions with every release of a row's config left out of the fit at once.
+def _leave_config_out(fitter: Fitter, rows: list[Row], start: CostConstants) -> list[CostConstants]:
+    """Per row, the constants fitted with every release of its config left out at once.
 
     Several software releases re-ran the same config (model, GPUs, parallel config, precision, batch,
     sequence), e.g. Llama3 70B TP4 PP8 VPP5 four times. Leaving out one release keeps its twins in the
@@ -222,10 +225,11 @@ def _leave_config_out(fitter: Fitter, rows: list[Row], start: CostConstants) -> 
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(rows):
         groups.setdefault(_config_key(r), []).append(i)
-    out = np.empty(len(rows))
+    out: list[CostConstants] = [start] * len(rows)
     for members in groups.values():
         c = fitter.fit([j for j in range(len(rows)) if j not in members], start=start)
-        out[members] = fitter.predict(c, members)
+        for i in members:
+            out[i] = c
     return out
 
 
@@ -376,7 +380,8 @@ def _report(summary: dict, full: CostConstants, lines: list[str], rows: list[Row
            f"({summary['rank_hits_strict']} if unpublished knobs are held at the values assumed for the fit), "
            f"alternatives judged with the tool's default memory headroom {RANK_HEADROOM:g}; with no headroom "
            f"(alternatives up to the GPU's full capacity): {summary['rank_hits_full_capacity']} "
-           f"({summary['rank_hits_strict_full_capacity']} strict).\n"
+           f"({summary['rank_hits_strict_full_capacity']} strict). Ranked with the constants fitted without every "
+           f"release of the row's config: {summary['rank_hits_leave_config_out']}.\n"
            if "rank_hits" in summary else "")
         + "\nRanking settings per row source (each row's space is enumerated under the settings its run used):\n"
         + _judging_lines(rows) + "\n"
