@@ -282,7 +282,7 @@ LOW_RANK_NOTES = {
         "Borderline, one row (24.07: TP4 PP4 VPP5 CP2, our best about 3.4% faster): we prefer the same TP4 CP2 on "
         "2 stages (PP2 VPP8), because the last stage also runs the 128k-vocabulary output layer and loss (more than "
         "a layer's worth), which weighs more on 20-layer stages than on 40-layer ones. The later PP8 recipes rank "
-        "9-11 and within 3% of our best, though we underpredict them by 4-6% for the same reason. NVIDIA saw that "
+        "9 and within 3% of our best, though we underpredict them by 4-6% for the same reason. NVIDIA saw that "
         "imbalance after these runs: Megatron-Bridge commit 56ae11d (2026-08-07, 'llama3 70B H100 FP8-CS: set an "
         "explicit pipeline layout') moves one layer off the last stage ('Et*2|(t*2|)*34,t*3|(t*2|)*3,tL', "
         "perf_recipes/llama/h100/llama3.py), which we predict about 4% faster than the even PP8 split. The "
@@ -331,7 +331,11 @@ LOW_RANK_NOTES = {
         "every GPU runs its share of the output layer, and our memory model fits it. The recipe ran about 11% below "
         "even our prediction of it, so we do not underrate the recipe; no PP1 measurement is published to check "
         "the alternative. Dimensions from NeMo's Nemotron3Config22B (full multi-head attention)."),
-    "llama2-13b": "Borderline: our best config is predicted only a few percent faster (see the table).",
+    "llama2-13b": (
+        "Borderline (our best about 3.3% faster): we prefer the same TP1 on 2 stages (PP2 VPP10), because the last "
+        "of the recipe's 4 stages also runs the untied 32k-vocabulary output layer and loss, about 0.6 of a "
+        "decoder layer in our model, which weighs more on 10-layer stages than on 20-layer ones (the same reason "
+        "as the 24.07 llama3-70b row). No PP2 measurement is published."),
     "gpt-119B": (
         "Borderline: MBS and VPP are not published; the best MBS/VPP at the published TP8 PP4 is predicted a few "
         "percent behind our best (TP8 PP16 VPP2), within our error."),
