@@ -154,7 +154,7 @@ def main() -> None:
     in_sample = fitter.predict(full, everything)
     pub = np.exp(fitter.target)
     err = np.asarray(loo) / pub - 1
-    config_constants = _leave_config_out(fitter, rows, full)
+    config_constants = _leave_config_out(fitter, rows, full, loo_constants)
     err_config = np.asarray([fitter.predict(c, [i])[0] for i, c in enumerate(config_constants)]) / pub - 1
     h100 = np.asarray([r.is_h100 for r in rows])
     summary = {
@@ -183,7 +183,9 @@ def main() -> None:
         ok0, strict0, _ = hits([rank_row(r, loo_constants[i], FULL_CAPACITY) if wanted(r) else None
                                 for i, r in enumerate(rows)])
         summary["rank_hits_full_capacity"] = f"{ok0}/{tried}"
-        ok_config, _, _ = hits([rank_row(r, config_constants[i]) if wanted(r) else None for i, r in enumerate(rows)])
+        # A config run once has its leave-one-out constants here too: its rank is already known.
+        ok_config, _, _ = hits([(ranks[i] if config_constants[i] is loo_constants[i] else rank_row(r, config_constants[i]))
+                                if wanted(r) else None for i, r in enumerate(rows)])
         summary["rank_hits_leave_config_out"] = f"{ok_config}/{tried}"
         summary["rank_hits_strict_full_capacity"] = f"{strict0}/{tried}"
     summary["seconds"] = round(time.perf_counter() - t0, 1)
@@ -215,7 +217,8 @@ def _config_key(r: Row) -> tuple:
             r.workload.global_batch_size, r.workload.seq_length)
 
 
-def _leave_config_out(fitter: Fitter, rows: list[Row], start: CostConstants) -> list[CostConstants]:
+def _leave_config_out(fitter: Fitter, rows: list[Row], start: CostConstants,
+                      loo_constants: list[CostConstants]) -> list[CostConstants]:
     """Per row, the constants fitted with every release of its config left out at once.
 
     Several software releases re-ran the same config (model, GPUs, parallel config, precision, batch,
@@ -225,8 +228,10 @@ def _leave_config_out(fitter: Fitter, rows: list[Row], start: CostConstants) -> 
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(rows):
         groups.setdefault(_config_key(r), []).append(i)
-    out: list[CostConstants] = [start] * len(rows)
+    out = list(loo_constants)  # a config run once: leaving it out is leaving its one row out
     for members in groups.values():
+        if len(members) == 1:
+            continue
         c = fitter.fit([j for j in range(len(rows)) if j not in members], start=start)
         for i in members:
             out[i] = c
