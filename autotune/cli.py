@@ -22,6 +22,7 @@ from autotune.model_catalog import aliases_of, get_model, model_names
 from autotune.resolve import resolve_model
 from autotune.space import enumerate_space, validate_space_for
 from autotune.space_files import default_space, load_space_file
+from autotune.cost_constants import load_fit_record
 from autotune.cost_ranking import rank_space
 from autotune.explain import explain_config
 
@@ -155,7 +156,8 @@ def space(
     shown = [result.job(int(i)) for i in order]
     con.print(render.configs_table(shown, f"feasible configs, predicted fastest first (top {len(shown)} of "
                                           f"{result.num_feasible:,}; {int(ranked.fits_memory.sum()):,} fit in memory)"))
-    con.print(render.predicted_table([ranked.predicted(int(i)) for i in order]))
+    con.print(render.predicted_table([ranked.predicted(int(i)) for i in order], compare_to_first=True))
+    con.print(render.cost_model_error_line(load_fit_record()))
 
 
 @app.command()
@@ -204,6 +206,7 @@ def explain(
         con.print(render.predicted_table([report.predicted]))
         con.print("time breakdown (s/step): " +
                   ", ".join(f"{k} {v:.3f}" for k, v in report.predicted["breakdown_s"].items()))
+        con.print(render.cost_model_error_line(load_fit_record(), ranking=False))
     if report.memory is not None:
         con.print(render.memory_table(report.memory))
     if "memory" in report.failed:

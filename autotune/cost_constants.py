@@ -28,3 +28,11 @@ def load_cost_constants(path: str | Path = CONSTANTS_PATH) -> CostConstants:
     if not isinstance(data, dict) or not isinstance(data.get("constants"), dict):
         raise SpecFileError(f"{p}: expected an object with a 'constants' mapping")
     return CostConstants.from_dict(data["constants"])
+
+
+@functools.lru_cache(maxsize=4)
+def load_fit_record(path: str | Path = CONSTANTS_PATH) -> dict:
+    """The `fit` record beside the constants (how they were fitted and their measured error); {} if absent."""
+    load_cost_constants(path)  # the same clear errors for a missing or malformed file
+    fit = json.loads(Path(path).read_text()).get("fit")
+    return fit if isinstance(fit, dict) else {}

@@ -85,15 +85,31 @@ def rules_table(results: list[RuleResult]) -> Table:
     return t
 
 
-def predicted_table(rows: list[dict]) -> Table:
-    """Predicted speed and memory, one row per config of the config table printed before it (same #)."""
+def predicted_table(rows: list[dict], compare_to_first: bool = False) -> Table:
+    """Predicted speed and memory, one row per config of the config table printed before it (same #).
+
+    compare_to_first adds each config's predicted speed relative to row 1 (the predicted best of a ranking).
+    """
     t = Table(title="predicted (cost model: autotune/cost.py; memory: autotune/memory.py)")
-    for col in ("#", "tokens/s/GPU", "step time s", "MFU", "peak GiB", "fits"):
+    cols = ("#", "tokens/s/GPU") + (("vs #1",) if compare_to_first else ()) + ("step time s", "MFU", "peak GiB", "fits")
+    for col in cols:
         t.add_column(col, justify="right")
     for n, r in enumerate(rows, 1):
-        t.add_row(str(n), f"{r['tokens_per_s_per_gpu']:,.0f}", f"{r['step_time_s']:.3f}", f"{r['mfu']:.1%}",
+        vs = (f"{r['tokens_per_s_per_gpu'] / rows[0]['tokens_per_s_per_gpu'] - 1:+.1%}",) if compare_to_first else ()
+        t.add_row(str(n), f"{r['tokens_per_s_per_gpu']:,.0f}", *vs, f"{r['step_time_s']:.3f}", f"{r['mfu']:.1%}",
                   f"{r['peak_memory_gib']:.1f}", "yes" if r["fits_memory"] else "[red]no[/]")
     return t
+
+
+def cost_model_error_line(fit: dict, ranking: bool = True) -> str:
+    """How far the predicted speeds can be trusted, from the fit record of the packaged constants."""
+    if "loo_mape_h100" not in fit:
+        return ""
+    line = (f"cost model error (benchmarks/accuracy_throughput.py): {fit['loo_mape_h100']:.1%} mean on "
+            f"{fit.get('h100_rows', '?')} published H100 runs, {fit.get('loo_mape_a100', float('nan')):.1%} on "
+            f"{fit.get('a100_rows', '?')} A100 runs, each predicted without its own run (leave-one-out).")
+    return line + (" Configs a few % apart are ties within that error; the real trials (autotune search) decide."
+                   if ranking else "")
 
 
 def memory_table(est) -> Table:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from autotune.cli import main
+from autotune.config import Workload
+from autotune.model_catalog import get_model
 
 HF = Path(__file__).resolve().parent / "data" / "hf"
 
@@ -49,6 +51,29 @@ def test_space_table_prints_assumptions(capsys):
     code, out, _ = run(capsys, "space", "--model", "tiny-dense", "--gpus", "4", "--top", "3")
     assert code == 0
     assert "assumed:" in out and "seq_length=4096" in out and "gpu_type=h100-80gb" in out
+
+
+def test_space_table_compares_to_the_best_and_states_the_model_error(capsys):
+    """The predicted table gives each config's speed relative to #1, and the line under it quotes the
+    leave-one-out error recorded beside the packaged constants (read here from the file itself)."""
+    args = ("space", "--model", "llama3-70b", "--gpus", "64", "--seq-len", "8192", "--global-batch-size", "128",
+            "--precision", "fp8")
+    from autotune.cluster import ClusterSpec
+    from autotune.cost_ranking import rank_space
+    from autotune.space import enumerate_space
+    from autotune.space_files import default_space
+
+    model = get_model("llama3-70b")
+    ranked = rank_space(enumerate_space(default_space(model), model, ClusterSpec.build(64, "h100-80gb"),
+                                        Workload(seq_length=8192, global_batch_size=128, precision="fp8")))
+    speeds = ranked.tokens_per_s_per_gpu[ranked.order]
+    code, out, _ = run(capsys, *args, "--top", "3")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "vs #1" in text and "+0.0%" in text
+    assert f"{speeds[2] / speeds[0] - 1:+.1%}" in text
+    fit = json.loads((Path(__file__).resolve().parents[1] / "autotune" / "data" / "cost_constants.json").read_text())["fit"]
+    assert f"{fit['loo_mape_h100']:.1%} mean on {fit['h100_rows']} published H100 runs" in text
 
 
 def test_space_accepts_hf_config_path(capsys):
