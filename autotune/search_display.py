@@ -11,6 +11,7 @@ from rich.table import Table
 
 from autotune import render
 from autotune import search as search_mod
+from autotune.cost_constants import load_fit_record
 from autotune.search import AnalyticPhase
 from autotune.search import Progress as SearchProgress
 from autotune.study import TrialRecord
@@ -24,14 +25,8 @@ def print_analytic(con: Console, phase: AnalyticPhase, top: int = 10) -> None:
     order = phase.top(top)
     con.print(render.configs_table([phase.result.job(i) for i in order],
                                    f"predicted fastest (top {len(order)} of {phase.result.num_feasible:,} feasible)"))
-    t = Table(title="predicted (autotune/cost.py, autotune/memory.py)")
-    for col in ("#", "tokens/s/GPU", "step s", "MFU", "peak GiB"):
-        t.add_column(col, justify="right")
-    for n, i in enumerate(order, 1):
-        p = phase.ranked.predicted(i)
-        t.add_row(str(n), f"{p['tokens_per_s_per_gpu']:,.0f}", f"{p['step_time_s']:.3f}", f"{p['mfu']:.1%}",
-                  f"{p['peak_memory_gib']:.1f}")
-    con.print(t)
+    con.print(render.predicted_table([phase.ranked.predicted(i) for i in order], compare_to_first=True))
+    con.print(render.cost_model_error_line(load_fit_record()))
 
 
 def progress_line(p: SearchProgress) -> str:
