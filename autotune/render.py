@@ -108,8 +108,8 @@ def cost_model_error_line(fit: dict, ranking: bool = True) -> str:
     line = (f"cost model error (benchmarks/accuracy_throughput.py): {fit['loo_mape_h100']:.1%} mean on "
             f"{fit.get('h100_rows', '?')} published H100 runs, {fit.get('loo_mape_a100', float('nan')):.1%} on "
             f"{fit.get('a100_rows', '?')} A100 runs, each predicted without its own run (leave-one-out).")
-    return line + (" Configs a few % apart are ties within that error; real trials (autotune search) decide between them."
-                   if ranking else "")
+    ties = " Configs a few % apart are ties within that error; real trials (autotune search) decide between them."
+    return line + (ties if ranking else "")
 
 
 def memory_table(est) -> Table:

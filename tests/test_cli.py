@@ -72,7 +72,8 @@ def test_space_table_compares_to_the_best_and_states_the_model_error(capsys):
     text = " ".join(out.split())
     assert "vs #1" in text and "+0.0%" in text
     assert f"{speeds[2] / speeds[0] - 1:+.1%}" in text
-    fit = json.loads((Path(__file__).resolve().parents[1] / "autotune" / "data" / "cost_constants.json").read_text())["fit"]
+    constants_file = Path(__file__).resolve().parents[1] / "autotune" / "data" / "cost_constants.json"
+    fit = json.loads(constants_file.read_text())["fit"]
     assert f"{fit['loo_mape_h100']:.1%} mean on {fit['h100_rows']} published H100 runs" in text
 
 
