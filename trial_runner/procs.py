@@ -56,15 +56,22 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def _signal_all(pids: list[int] | set[int], sig: signal.Signals) -> None:
-    """Signal each process's group, then each process, in the order given."""
-    groups = list(dict.fromkeys(st[2] for pid in pids if (st := _stat(pid)) is not None))
+def _signal_all(pids: list[int] | set[int], sig: signal.Signals, skip_group: int | None = None) -> None:
+    """Signal each process's group (except `skip_group`), in the order given, then each process that no
+    signalled group holds: one signal per process. A rank's stack dump on SIGTERM (faulthandler with
+    chain=True, which installs it with SA_NODEFER) is cut short when a second SIGTERM arrives during it:
+    the nested handler skips the dump (faulthandler's reentrancy guard) and terminates the process."""
+    stats = {pid: _stat(pid) for pid in pids}
+    groups = list(dict.fromkeys(st[2] for st in stats.values() if st is not None and st[2] != skip_group))
     for pgid in groups:
         try:
             os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
             pass
     for pid in pids:
+        st = stats[pid]
+        if st is not None and st[2] in groups:
+            continue
         try:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -86,16 +93,29 @@ def carrying(token: str) -> list[int]:
     return found
 
 
+# How long kill_tree lets the ranks end (and write their stack dumps) before it signals torchrun.
+RANK_DUMP_WINDOW_S = 2.0
+
+
 def kill_tree(root: int, grace_s: float = 5.0, token: str | None = None) -> list[int]:
-    """SIGTERM `root`, every descendant's process group and every process carrying `token`, then
-    SIGKILL what is left after `grace_s`. Returns every pid that was part of the tree, for callers
-    that want to verify."""
-    # Deepest first: a rank gets its SIGTERM (and dumps its stacks, see trial_runner.worker) before
-    # torchrun's exit sends it PDEATHSIG's SIGKILL.
+    """SIGTERM every descendant of `root` (and its process group) and every process carrying `token`,
+    give them up to RANK_DUMP_WINDOW_S to end, SIGTERM `root`, then SIGKILL what is left after `grace_s`.
+    Returns every pid that was part of the tree, for callers that want to verify."""
+    # The ranks first, one SIGTERM each, and time to finish before torchrun is signalled: a rank dumps its
+    # stacks on SIGTERM (trial_runner.worker), and a second SIGTERM during the dump (its group's and its
+    # own, or torchrun forwarding one as it shuts down) or torchrun's exit (PR_SET_PDEATHSIG's SIGKILL)
+    # cuts it short. Seen on the 2-core CI machine: a hung rank's stack cut off after three frames, so the
+    # timeout report lacked the one stack that showed the hang.
     tree = [*reversed(descendants(root)), root]
     order = [*tree, *(pid for pid in (carrying(token) if token else ()) if pid not in tree)]
     known = set(order)
-    _signal_all(order, signal.SIGTERM)
+    root_stat = _stat(root)
+    below = [pid for pid in order if pid != root]
+    _signal_all(below, signal.SIGTERM, skip_group=root_stat[2] if root_stat else None)
+    deadline = time.monotonic() + min(grace_s, RANK_DUMP_WINDOW_S)
+    while time.monotonic() < deadline and any(is_alive(pid) for pid in below):
+        time.sleep(0.05)
+    _signal_all([root], signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         known |= {p for pid in list(known) if is_alive(pid) for p in descendants(pid)}

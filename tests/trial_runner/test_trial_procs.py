@@ -41,6 +41,50 @@ def test_kill_tree_reaches_children_in_other_sessions():
     assert time.monotonic() - t0 < 6  # SIGTERM sufficed: no wait for the SIGKILL grace
 
 
+# A rank as trial_runner.worker sets it up: faulthandler dumps every thread's stack on SIGTERM, then lets
+# the signal end the process (chain=True). Its parent starts it in a new session, as torchrun does.
+_DUMPING_RANK = (
+    "import faulthandler, signal, threading, time\n"
+    "faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)\n"
+    "for _ in range(8):\n"
+    "    threading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(600)\n"
+)
+_PARENT_OF_DUMPING_RANK = (
+    "import subprocess, sys, time\n"
+    "child = subprocess.Popen([sys.executable, '-c', sys.argv[1]], start_new_session=True,\n"
+    "                         stdout=subprocess.PIPE, stderr=open(sys.argv[2], 'w'), text=True)\n"
+    "child.stdout.readline()\n"
+    "print(child.pid, flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+@pytest.mark.timeout(60)
+def test_kill_tree_signals_each_rank_once_and_before_torchrun(tmp_path, monkeypatch):
+    """A second SIGTERM that lands while a rank's faulthandler is dumping its stacks ends the rank mid-dump
+    (the chained handler runs with SA_NODEFER and faulthandler skips a nested dump), and so does torchrun's
+    exit (PR_SET_PDEATHSIG). So kill_tree signals each rank once (its group or itself, not both), before
+    the root."""
+    sent = []
+    real_kill, real_killpg = os.kill, os.killpg
+    monkeypatch.setattr(procs.os, "kill", lambda pid, sig: (sent.append((pid, sig)), real_kill(pid, sig)))
+    monkeypatch.setattr(procs.os, "killpg", lambda pg, sig: (sent.append((pg, sig)), real_killpg(pg, sig)))
+    log = tmp_path / "rank.stderr"
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT_OF_DUMPING_RANK, _DUMPING_RANK, str(log)],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    child = int(parent.stdout.readline())
+    procs.kill_tree(parent.pid, grace_s=5)
+    parent.wait(timeout=10)
+    # Both lead their own process group (pgid = pid), so a group signal and a direct one name the same id.
+    terms = [target for target, sig in sent if sig == signal.SIGTERM]
+    assert terms.count(child) == 1, sent
+    assert parent.pid in terms and terms.index(child) < terms.index(parent.pid), sent
+    # The rank's dump is whole: the main thread and the 8 sleeping ones.
+    assert log.read_text().count("(most recent call first)") == 9, log.read_text()
+
+
 def test_is_alive_false_for_unknown_pid():
     assert not procs.is_alive(2**22 + 12345)
 
