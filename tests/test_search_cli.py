@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from autotune.cli import main
+from tests.own_process import in_own_process, timeout
 
 QWEN = ["search", "--model", "qwen3-235b", "--gpus", "256"]
 
@@ -101,7 +102,8 @@ def test_export_bad_format(capsys, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@timeout(600)
+@in_own_process  # it starts Ray in the driver: not in the main test session (tests/own_process.py)
 def test_cpu_search_runs_real_trials_on_ray(capsys, tmp_path):
     """Two real Megatron Core trials of tiny-moe on 4 CPU ranks, scheduled by a local Ray."""
     args = ["search", "--model", "tiny-moe", "--gpus", "4", "--backend", "cpu", "--trials", "2", "--seq-len", "64",

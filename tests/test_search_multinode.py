@@ -13,15 +13,10 @@ and dies with its own Ray driver, and nothing of it is left in the main test ses
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import re
-import subprocess
-import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -32,87 +27,8 @@ from autotune.config import Workload
 from autotune.model_catalog import get_model
 from autotune.scheduler import RayScheduler
 from autotune.space_files import default_space
+from tests.own_process import IN_CHILD, in_own_process, timeout
 from trial_runner import procs
-
-
-REPO = Path(__file__).resolve().parents[1]
-_IN_CHILD = "AUTOTUNE_MULTINODE_TEST_CHILD"
-
-
-def in_own_process(test):
-    """Run the test body in a child pytest process; here, only check that the child passed.
-
-    Ray's C++ client ends its whole process with exit code 1 and no Python traceback when it gives up on
-    its GCS or raylet, and `ray.cluster_utils.Cluster` installs SIGTERM and atexit hooks in the process that
-    builds it. Run in the test session itself, one such event in a node-loss test ended the whole session
-    (CI: output cut off mid-file, exit 1). In a child it fails this test alone, with the child's output and
-    the warnings and errors of its Ray driver log as evidence. A child that dies that way, with no pytest
-    summary, is run once more and the death reported as a warning if the retry passes; a failed assertion
-    fails at once. The cluster fixtures start nothing in the parent.
-    """
-
-    @functools.wraps(test)
-    def run(*args, **kwargs):
-        if os.environ.get(_IN_CHILD):
-            return test(*args, **kwargs)
-        node = f"{Path(__file__).relative_to(REPO)}::{test.__name__}"
-        crashes = []
-        for attempt in (1, 2):
-            code, out, ray_log = _run_child(node, kwargs["tmp_path"] / f"child{attempt}")
-            if code == 0:
-                break
-            if _SUMMARY.search(out):  # the child's pytest reported a failure of the test itself: never retried
-                pytest.fail(f"{node} failed in its own process (exit {code}):\n{out[-6000:]}{ray_log}", pytrace=False)
-            # The child's process ended with no pytest summary (as when Ray's C++ side ends it). Retried
-            # once, and reported as a warning when the retry passes, so it is never silent.
-            crashes.append(f"attempt {attempt}: exit {code}\n{out[-3000:]}{ray_log}")
-        else:
-            pytest.fail(f"{node}: its process died twice without a pytest summary:\n" + "\n".join(crashes),
-                        pytrace=False)
-        if crashes:
-            warnings.warn(f"{node}: the first attempt's process died with no pytest summary, the retry passed:\n"
-                          f"{crashes[0]}")
-
-    return run
-
-
-def timeout(child_s: int):
-    """The test's time limit in the child; the parent's covers two attempts and two pytest start-ups."""
-    return pytest.mark.timeout(child_s if os.environ.get(_IN_CHILD) else 2 * child_s + 60)
-
-
-_SUMMARY = re.compile(r"\b\d+ (passed|failed|errors?)\b")
-
-
-def _run_child(node: str, basetemp: Path) -> tuple[int, str, str]:
-    """Run one test in a child pytest: its exit code, its output, and (when it failed) its Ray driver's
-    warnings and errors."""
-    started = time.time()
-    # Ray's C++ client gives up on an unanswering GCS after 60 s and ends its process ("The program will
-    # terminate", exit 1); three simulated nodes and four Megatron ranks on a 2-core CI machine can starve the
-    # GCS (ray-project/ray#34334 saw the same on a CPU-saturated cluster), so the child's Ray waits longer.
-    env = dict(os.environ, **{_IN_CHILD: "1", "RAY_gcs_rpc_server_reconnect_timeout_s": "300"})
-    # The child's own temporary root, inside this test's: its session then never rotates this one's away.
-    child = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={basetemp}",
-                              node], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, start_new_session=True)  # nor a signal to its group
-    try:
-        out, _ = child.communicate()  # bounded by this test's timeout mark, which the child also has
-    except BaseException:
-        child.kill()  # its Ray processes and trials end with it (fate sharing, the trial runner's chain)
-        child.wait()
-        raise
-    return child.returncode, out, _ray_driver_errors(child.pid, started) if child.returncode else ""
-
-
-def _ray_driver_errors(pid: int, since: float) -> str:
-    """Warning and error lines of the Ray driver logs that process `pid` wrote (Ray's C++ side logs there)."""
-    lines = []
-    for log in Path("/tmp/ray").glob(f"session_*/logs/python-core-driver-*_{pid}.log"):
-        if log.stat().st_mtime >= since:
-            lines += [f"{log.parent.parent.name}: {line}" for line in log.read_text(errors="replace").splitlines()
-                      if "] " in line and line.split("] ", 1)[0].split()[-3:-2] in (["W"], ["E"], ["C"], ["F"])]
-    return "\nRay driver log, warnings and errors:\n" + "\n".join(lines[-40:]) if lines else ""
 
 
 def our_processes(marker: str) -> list[str]:
@@ -146,7 +62,7 @@ class PlacementRecordingScheduler(RayScheduler):
 
 def _ray_cluster(head: dict, num_workers: int):
     """A simulated multi-node Ray cluster (ray.cluster_utils) with 2-CPU, 2-GPU worker nodes, connected."""
-    if not os.environ.get(_IN_CHILD):
+    if not os.environ.get(IN_CHILD):
         yield None  # in_own_process: the test's child process builds the cluster
         return
     import ray

@@ -24,6 +24,7 @@ from autotune.cluster import ClusterSpec
 from autotune.config import Workload
 from autotune.model_catalog import get_model
 from autotune.space_files import default_space
+from tests.own_process import in_own_process, timeout
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["search", "--model", "tiny-moe", "--gpus", "2", "--backend", "cpu", "--seq-len", "64",
@@ -105,7 +106,8 @@ def study_folder(out: Path) -> Path | None:
 # --- (a) failing trials are classified and the study goes on ------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@timeout(300)
+@in_own_process  # it starts Ray in the driver: not in the main test session (tests/own_process.py)
 def test_crash_hang_and_oom_are_classified_and_the_study_goes_on(tmp_path):
     import ray
 
