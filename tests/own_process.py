@@ -35,8 +35,8 @@ def in_own_process(test):
     builds it. Run in the test session itself, one such event in a node-loss test ended the whole session
     (CI: output cut off mid-file, exit 1). In a child it fails this test alone, with the child's output and
     the warnings and errors of its Ray driver log as evidence. A child that dies that way, with no pytest
-    summary, is run once more and the death reported as a warning if the retry passes; a failed assertion
-    fails at once. Fixtures that start Ray must start nothing in the parent (see test_search_multinode's).
+    summary or with a crash after a passing one, is run once more and the death reported as a warning if the
+    retry passes; a failed assertion fails at once. Fixtures that start Ray must start nothing in the parent (see test_search_multinode's).
     """
 
     @functools.wraps(test)
@@ -49,17 +49,18 @@ def in_own_process(test):
             code, out, ray_log = _run_child(node, kwargs["tmp_path"] / f"child{attempt}")
             if code == 0:
                 break
-            if _SUMMARY.search(out):  # the child's pytest reported a failure of the test itself: never retried
+            if _FAILED.search(out):  # the child's pytest reported a failure of the test itself: never retried
                 pytest.fail(f"{node} failed in its own process (exit {code}):\n{out[-6000:]}{ray_log}", pytrace=False)
-            # The child's process ended with no pytest summary (as when Ray's C++ side ends it). Retried
-            # once, and reported as a warning when the retry passes, so it is never silent.
+            # The child's process died: before its pytest summary (as when Ray's C++ side ends it), or after
+            # a passing one (a crash at interpreter exit). Retried once, and reported as a warning when the
+            # retry passes, so it is never silent.
             crashes.append(f"attempt {attempt}: exit {code}\n{out[-3000:]}{ray_log}")
         else:
-            pytest.fail(f"{node}: its process died twice without a pytest summary:\n" + "\n".join(crashes),
+            pytest.fail(f"{node}: its process died twice without a clean pytest exit:\n" + "\n".join(crashes),
                         pytrace=False)
         if crashes:
-            warnings.warn(f"{node}: the first attempt's process died with no pytest summary, the retry passed:\n"
-                          f"{crashes[0]}")
+            warnings.warn(f"{node}: the first attempt's process died without a clean pytest exit, the retry "
+                          f"passed:\n{crashes[0]}")
 
     return run
 
@@ -69,7 +70,9 @@ def timeout(child_s: int):
     return pytest.mark.timeout(child_s if os.environ.get(IN_CHILD) else 2 * child_s + 60)
 
 
-_SUMMARY = re.compile(r"\b\d+ (passed|failed|errors?)\b")
+# A failure the child's pytest reported; a child whose summary shows only passes but whose exit code is not 0
+# crashed after it.
+_FAILED = re.compile(r"\b\d+ (failed|errors?)\b")
 
 
 def _run_child(node: str, basetemp: Path) -> tuple[int, str, str]:
