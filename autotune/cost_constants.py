@@ -17,7 +17,8 @@ CONSTANTS_PATH = Path(__file__).resolve().parent / "data" / "cost_constants.json
 
 
 @functools.lru_cache(maxsize=4)
-def load_cost_constants(path: str | Path = CONSTANTS_PATH) -> CostConstants:
+def _document(path: str | Path) -> dict:
+    """The file, read and checked once per path: the constants and the fit record both come from it."""
     p = Path(path)
     try:
         data = json.loads(p.read_text())
@@ -27,12 +28,15 @@ def load_cost_constants(path: str | Path = CONSTANTS_PATH) -> CostConstants:
         raise SpecFileError(f"{p}: not valid JSON at line {exc.lineno}; fix the syntax") from None
     if not isinstance(data, dict) or not isinstance(data.get("constants"), dict):
         raise SpecFileError(f"{p}: expected an object with a 'constants' mapping")
-    return CostConstants.from_dict(data["constants"])
+    return data
 
 
 @functools.lru_cache(maxsize=4)
+def load_cost_constants(path: str | Path = CONSTANTS_PATH) -> CostConstants:
+    return CostConstants.from_dict(_document(path)["constants"])
+
+
 def load_fit_record(path: str | Path = CONSTANTS_PATH) -> dict:
     """The `fit` record beside the constants (how they were fitted and their measured error); {} if absent."""
-    load_cost_constants(path)  # the same clear errors for a missing or malformed file
-    fit = json.loads(Path(path).read_text()).get("fit")
+    fit = _document(path).get("fit")
     return fit if isinstance(fit, dict) else {}

@@ -106,8 +106,8 @@ def cost_model_error_line(fit: dict, ranking: bool = True) -> str:
     if "loo_mape_h100" not in fit:
         return ""
     line = (f"cost model error (benchmarks/accuracy_throughput.py): {fit['loo_mape_h100']:.1%} mean on "
-            f"{fit.get('h100_rows', '?')} published H100 runs, {fit.get('loo_mape_a100', float('nan')):.1%} on "
-            f"{fit.get('a100_rows', '?')} A100 runs, each predicted without its own run (leave-one-out).")
+            f"{fit['h100_rows']} published H100 runs, {fit['loo_mape_a100']:.1%} on {fit['a100_rows']} A100 runs, "
+            f"each predicted without its own run (leave-one-out).")
     ties = " Configs a few % apart are ties within that error; real trials (autotune search) decide between them."
     return line + (ties if ranking else "")
 

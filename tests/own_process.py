@@ -28,15 +28,11 @@ IN_CHILD = "AUTOTUNE_TEST_IN_OWN_PROCESS"
 
 
 def in_own_process(test):
-    """Run the test body in a child pytest process; here, only check that the child passed.
-
-    Ray's C++ client ends its whole process with exit code 1 and no Python traceback when it gives up on
-    its GCS or raylet, and `ray.cluster_utils.Cluster` installs SIGTERM and atexit hooks in the process that
-    builds it. Run in the test session itself, one such event in a node-loss test ended the whole session
-    (CI: output cut off mid-file, exit 1). In a child it fails this test alone, with the child's output and
-    the warnings and errors of its Ray driver log as evidence. A child that dies that way, with no pytest
-    summary or with a crash after a passing one, is run once more and the death reported as a warning if the
-    retry passes; a failed assertion fails at once. Fixtures that start Ray must start nothing in the parent (see test_search_multinode's).
+    """Run the test body in a child pytest process (why: the module docstring); here, only check that the
+    child passed, and give the child's output and its Ray driver log's warnings and errors as evidence when
+    it did not. A child that dies, before its pytest summary or after a passing one, is run once more and the
+    death reported as a warning if the retry passes; a failed assertion fails at once. Fixtures that start
+    Ray must start nothing in the parent (see test_search_multinode's).
     """
 
     @functools.wraps(test)
