@@ -282,6 +282,39 @@ def narayanan_rows() -> list[Row]:
     return rows
 
 
+def narayanan_table2_rows(interleaved: bool) -> list[Row]:
+    """Table 2's PTD rows: one model-parallel config per model at 1x, 2x and 4x its data parallelism, same batch.
+
+    Out of sample (not fitted, not ranked). The table gives the model-parallel size only (96 and 280); TP 8 (the
+    server size, the paper's Takeaway #1) makes PP 12 and 35, as the paper's Figure 18 script runs GPT-3 175B
+    (examples/academic_paper_scripts/sc21/run_figure_18.sh) and Table 1 the 530B. The pipeline schedule is not
+    stated: `interleaved` takes those scripts' layers per virtual stage (2 for 175B, 1 for 530B as in Table 1),
+    otherwise the non-interleaved 1F1B. Dimensions: GPT-3 175B as korthikanti2022.csv, 530B as Table 1.
+    """
+    dims = {"174.6": next(r for r in refdata_csv("korthikanti2022.csv") if r["model"].startswith("175B")),
+            "529.6": next(r for r in refdata_csv("narayanan2021_table1.csv") if r["params_billion"] == "529.6")}
+    layers_per_virtual_stage = {"174.6": 2, "529.6": 1}
+    rows = []
+    for r in refdata_csv("narayanan2021_table2.csv"):
+        if r["scheme"] != "PTD":
+            continue
+        size, s, V, tp = r["params_billion"], 2048, 51200, 8
+        model = _csv_gpt(dims[size], f"gpt-{size}b", V, "narayanan2021_table2.csv")
+        L, h = model.num_layers, model.hidden_size
+        pp = int(r["model_parallel_size"]) // tp
+        vpp = L // (pp * layers_per_virtual_stage[size]) if interleaved else None
+        eq3_per_token = 96 * L * h * h * (1 + s / (6 * h) + V / (16 * L * h))  # as narayanan_rows
+        rows.append(Row(
+            source=f"narayanan2021_table2.csv PTD {size}B", model=model, gpu="a100-80gb", num_gpus=int(r["num_gpus"]),
+            workload=Workload(seq_length=s, global_batch_size=int(r["batch_size"]), precision="bf16"),
+            parallel=_with_split(model, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                 virtual_pipeline_model_parallel_size=vpp, micro_batch_size=int(r["micro_batch_size"]),
+                                 use_distributed_optimizer=False, recompute_granularity="full"),
+            published_tokens_per_s_per_gpu=float(r["per_gpu_tflops"]) * 1e12 / eq3_per_token, judging=NARAYANAN_2021,
+            overlap_grad_reduce=False, note="fp16; full recompute; local DDP as Table 1's large models"))
+    return rows
+
+
 def korthikanti_rows() -> list[Row]:
     rows = []
     for r in refdata_csv("korthikanti2022.csv"):

@@ -432,3 +432,21 @@ def test_tp_collective_hides_only_behind_its_own_gemm():
     assert floors[0] == pytest.approx(floors[1], rel=1e-12)  # the MLP's size does not change the traffic
     assert tp_comm[1] == pytest.approx(tp_comm[0], rel=1e-9)  # ... nor what stays exposed
     assert tp_comm[1] > 2 * floors[1]  # the attention side's collectives outlast QKV and the projection
+
+
+def test_more_replicas_at_a_fixed_batch_lower_per_gpu_speed():
+    """Narayanan et al. 2021 (arXiv 2104.04473) Table 2, PTD rows (../shared/refdata/narayanan2021_table2.csv):
+    GPT-3 175B at model-parallel size 96 and batch 1536 on 384, 768 and 1536 A100s ran at 153, 149 and 141
+    TFLOP/s per GPU. Each doubling halves the micro-batches per pipeline (a larger bubble share) and widens the
+    un-overlapped gradient all-reduce, so per-GPU speed must fall with the GPU count, through both terms."""
+    model = get_model("gpt3-175b")
+    run = RunOptions(overlap_grad_reduce=False, tp_comm_overlap=False, flash_attention=False)
+    estimates = [predict(model, ClusterSpec.build(n, "a100-80gb"),
+                         _job(n, gbs=1536, seq=2048, tensor_model_parallel_size=8, pipeline_model_parallel_size=12,
+                              use_distributed_optimizer=False, recompute_granularity="full"), None, run)
+                 for n in (384, 768, 1536)]
+    speeds = [e.tokens_per_s_per_gpu for e in estimates]
+    assert speeds[0] > speeds[1] > speeds[2]
+    for key in ("pipeline_bubble", "dp_comm_exposed"):
+        shares = [e.breakdown_s[key] / e.step_time_s for e in estimates]
+        assert shares[0] < shares[1] < shares[2], key
