@@ -204,8 +204,11 @@ def explain(
     con.print("[green]feasible[/]" if report.feasible else f"[red]infeasible[/]: fails {', '.join(report.failed)}")
     if report.predicted is not None:
         con.print(render.predicted_table([report.predicted]))
-        con.print("time breakdown (s/step): " +
-                  ", ".join(f"{k} {v:.3f}" for k, v in report.predicted["breakdown_s"].items()))
+        con.print(render.breakdown_table(report.predicted))
+        stages = render.stage_table(report.predicted)
+        if stages is not None:
+            con.print(stages)
+            con.print(render.stage_note(report.predicted))
         con.print(render.cost_model_error_line(load_fit_record(), ranking=False))
     if report.memory is not None:
         con.print(render.memory_table(report.memory))

@@ -160,6 +160,10 @@ class CostEstimate:
     model_tflops_per_gpu: float  # flops.py convention: causal attention halved, no recompute
     mfu: float  # model TFLOP/s / dense peak of the training precision
     breakdown_s: dict[str, float] = field(default_factory=dict)  # where the step time goes (sums to it)
+    # One micro-batch's forward + backward on each pipeline stage (recompute and TP/CP/EP time included), keyed
+    # by stage: "0", the slowest middle stage as "1-6" on 8 stages, and the last. The slowest sets the pace.
+    stage_microbatch_s: dict[str, float] = field(default_factory=dict)
+    stage_layers: dict[str, int] = field(default_factory=dict)  # decoder layers of each stage of stage_microbatch_s
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -272,6 +276,7 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
     totals[1] = np.where(pp > 2, totals[1], 0.0)
     totals[2] = np.where(pp > 1, totals[2], 0.0)
     t = np.stack(totals)
+    out_stages = {"stage_first_s": totals[0], "stage_middle_s": totals[1], "stage_last_s": totals[2]}
     slowest = np.argmax(t, axis=0)
     t_max = np.take_along_axis(t, slowest[None], axis=0)[0]
     middle_total = (work.num_layers - work.layers_first - work.layers_last) * np.where(
@@ -302,7 +307,7 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
     out["dp_comm_exposed"] = rs + ag
     out["optimizer"] = work.optimizer_bytes / hbm
     out["step_time_s"] = sum(out[k] for k in BREAKDOWN_KEYS)
-    return out
+    return out | out_stages
 
 
 def _finish(out: dict[str, np.ndarray], model: ModelSpec, cluster: ClusterSpec,
@@ -344,8 +349,16 @@ def predict(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, constants: C
     work = step_work(model, cluster, job.workload, knobs, stage_layers=stage_layers,
                      grad_reduce_in_fp32=options.grad_reduce_in_fp32, moe_dispatcher=options.moe_dispatcher)
     out = _finish(combine(work, model, cluster, job.workload, c, options), model, cluster, job.workload)
+    pp = len(per_stage)
+    stages = [("0", "stage_first_s", per_stage[0])]
+    if pp > 2:
+        stages.append((f"1-{pp - 2}" if pp > 3 else "1", "stage_middle_s", middle))
+    if pp > 1:
+        stages.append((str(pp - 1), "stage_last_s", per_stage[-1]))
     return CostEstimate(
         step_time_s=float(out["step_time_s"][0]), tokens_per_s_per_gpu=float(out["tokens_per_s_per_gpu"][0]),
         model_tflops_per_gpu=float(out["model_tflops_per_gpu"][0]), mfu=float(out["mfu"][0]),
         breakdown_s={k: float(out[k][0]) for k in BREAKDOWN_KEYS},
+        stage_microbatch_s={name: float(out[key][0]) for name, key, _ in stages},
+        stage_layers={name: int(layers) for name, _, layers in stages},
     )

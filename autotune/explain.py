@@ -16,13 +16,16 @@ from autotune.model_spec import ModelSpec
 
 
 def predicted_fields(model: ModelSpec, cluster: ClusterSpec, job: JobConfig) -> dict[str, Any]:
-    """The `predicted` object for one config (same fields as in `autotune space --json`, plus the breakdown)."""
+    """The `predicted` object for one config (same fields as in `autotune space --json`, plus the breakdown and
+    the per-stage micro-batch times)."""
     cost = predict_cost(model, cluster, job)
     mem = estimate_memory(model, cluster, job)
     return {"tokens_per_s_per_gpu": round(cost.tokens_per_s_per_gpu, 1), "step_time_s": round(cost.step_time_s, 4),
             "mfu": round(cost.mfu, 4), "peak_memory_gib": round(mem.peak_memory_gib, 2),
             "fits_memory": mem.peak_memory_gib <= cluster.gpu.usable_memory_gib,
-            "breakdown_s": {k: round(v, 4) for k, v in cost.breakdown_s.items()}}
+            "breakdown_s": {k: round(v, 4) for k, v in cost.breakdown_s.items()},
+            "stage_microbatch_s": {k: round(v, 5) for k, v in cost.stage_microbatch_s.items()},
+            "stage_layers": cost.stage_layers}
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,48 @@ def predicted_table(rows: list[dict], compare_to_first: bool = False) -> Table:
     return t
 
 
+def breakdown_table(predicted: dict) -> Table:
+    """Where one config's predicted step time goes (cost.BREAKDOWN_KEYS), largest term first."""
+    step = predicted["step_time_s"]
+    t = Table(title=f"where the {step:.3f} s step goes")
+    t.add_column("term")
+    for col in ("s/step", "share"):
+        t.add_column(col, justify="right")
+    for k, v in sorted(predicted["breakdown_s"].items(), key=lambda kv: -kv[1]):
+        t.add_row(k, f"{v:.3f}", f"{v / step:.1%}")
+    return t
+
+
+def stage_table(predicted: dict) -> Table | None:
+    """One micro-batch's forward + backward time per pipeline stage; None for a single stage.
+
+    Every stage waits for the slowest one each micro-batch, so an unbalanced split (the last stage also runs
+    the output layer and loss) shows here as the gap to the slowest.
+    """
+    times, layers = predicted["stage_microbatch_s"], predicted["stage_layers"]
+    if len(times) < 2:
+        return None
+    slowest = max(times.values())
+    t = Table(title="per stage, one micro-batch fwd+bwd")
+    for col in ("stage", "decoder layers", "ms", "vs slowest"):
+        t.add_column(col, justify="right")
+    for name, seconds in times.items():
+        t.add_row(name, str(layers[name]), f"{1e3 * seconds:.1f}",
+                  "slowest" if seconds == slowest else f"{seconds / slowest - 1:+.1%}")
+    return t
+
+
+def stage_note(predicted: dict) -> str:
+    """What the stage table means, and how to rebalance when the output layer's stage is the slowest."""
+    times = predicted["stage_microbatch_s"]
+    last = list(times)[-1]
+    if times[last] < max(times.values()):
+        return f"The slowest stage sets the pace of the pipeline; stage {last} also runs the output layer and the loss."
+    return (f"The slowest stage sets the pace of the pipeline, and it is stage {last}, which also runs the output layer "
+            "and the loss: moving layers off it (--pipeline-split account_embedding_loss, --last-stage-layers, "
+            "--pp-layout) can balance the stages.")
+
+
 def cost_model_error_line(fit: dict, ranking: bool = True) -> str:
     """How far the predicted speeds can be trusted, from the fit record of the packaged constants."""
     if "loo_mape_h100" not in fit:

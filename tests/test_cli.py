@@ -162,3 +162,22 @@ def test_console_script_exit_code_and_no_traceback():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_explain_shows_where_the_time_goes_and_the_slowest_stage(capsys):
+    """Llama3 70B on 8 stages of 10 layers: the last stage also runs the output layer, so it is the slowest
+    (test_cost.test_stage_times_set_the_pipeline_pace); the table and the note say so, and --json carries it."""
+    args = ("explain", "--model", "llama3-70b", "--gpus", "64", "--tp", "4", "--pp", "8", "--vpp", "5",
+            "--seq-len", "8192", "--global-batch-size", "128", "--precision", "fp8", "--recompute", "selective")
+    code, out, _ = run(capsys, *args)
+    assert code == 0
+    assert "where the" in out and "pipeline_bubble" in out
+    stage_rows = [line.split("│")[1:-1] for line in out.splitlines() if line.count("│") == 5]
+    stage_rows = [[c.strip() for c in row] for row in stage_rows if row[0].strip() in ("0", "1-6", "7")]
+    assert [(r[0], r[1]) for r in stage_rows] == [("0", "10"), ("1-6", "10"), ("7", "10")]
+    assert stage_rows[-1][3] == "slowest" and stage_rows[0][3].startswith("-")
+    assert "it is stage 7, which also runs the output layer" in " ".join(out.split())
+    code, out, _ = run(capsys, *args, "--json")
+    predicted = json.loads(out)["predicted"]
+    assert set(predicted["stage_microbatch_s"]) == {"0", "1-6", "7"}
+    assert max(predicted["stage_microbatch_s"], key=predicted["stage_microbatch_s"].get) == "7"

@@ -450,3 +450,26 @@ def test_more_replicas_at_a_fixed_batch_lower_per_gpu_speed():
     for key in ("pipeline_bubble", "dp_comm_exposed"):
         shares = [e.breakdown_s[key] / e.step_time_s for e in estimates]
         assert shares[0] < shares[1] < shares[2], key
+
+
+def test_stage_times_set_the_pipeline_pace():
+    """Every stage waits for the slowest each micro-batch: the per-micro-batch terms of the breakdown are the
+    micro-batch count times the slowest stage's time. With an even split of Llama3 70B's 80 layers over 8
+    stages (10 each) the last stage also runs the output layer and loss, so it is the slowest; moving two of
+    its layers to the first stage (num_layers_in_last_pipeline_stage=8) makes it faster than the first."""
+    model, cluster = get_model("llama3-70b"), ClusterSpec.build(64, "h100")
+    kw = dict(tensor_model_parallel_size=4, pipeline_model_parallel_size=8, sequence_parallel=True)
+    est = predict(model, cluster, _job(64, gbs=128, precision="fp8", seq=8192, **kw))
+    assert est.stage_layers == {"0": 10, "1-6": 10, "7": 10}
+    times = est.stage_microbatch_s
+    assert times["7"] > times["0"] == pytest.approx(times["1-6"], rel=1e-12)
+    per_microbatch = sum(est.breakdown_s[k] for k in ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm"))
+    microbatches = 128 // (64 // (4 * 8))  # DP 2, micro-batch 1
+    assert per_microbatch == pytest.approx(microbatches * max(times.values()), rel=1e-9)
+    moved = predict(model, cluster, _job(64, gbs=128, precision="fp8", seq=8192, num_layers_in_first_pipeline_stage=12,
+                                         num_layers_in_last_pipeline_stage=8, **kw))
+    assert moved.stage_layers == {"0": 12, "1-6": 10, "7": 8}
+    assert moved.stage_microbatch_s["7"] < moved.stage_microbatch_s["0"]
+    single = predict(model, cluster, _job(64, gbs=128, precision="fp8", seq=8192, tensor_model_parallel_size=8,
+                                          context_parallel_size=2, sequence_parallel=True))
+    assert single.stage_layers == {"0": 80} and len(single.stage_microbatch_s) == 1
