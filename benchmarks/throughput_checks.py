@@ -6,7 +6,7 @@
   same 32 H100 (MATCHED_SFT).
 - Data-parallel scaling: Narayanan et al. 2021 Table 2's PTD rows (one model-parallel config on 1-4x the GPUs)
   and Korthikanti et al. 2022's 530B at 8-way data parallelism (KORTHIKANTI_DP8).
-Used by accuracy_throughput.py, which prints both in its report.
+Used by accuracy_throughput.py, which prints all three in its report.
 """
 
 from __future__ import annotations
@@ -157,17 +157,18 @@ def scaling_check(c: CostConstants) -> tuple[list[str], str]:
         dp = KORTHIKANTI_DP8["gpus"] // row.num_gpus
         gbs = row.workload.global_batch_size * dp
         published = gbs * row.workload.seq_length / (present_work_s * KORTHIKANTI_DP8["gpus"])
-        if "full recompute" in row.source:
+        present_work = "full recompute" not in row.source
+        if not present_work:
             published *= KORTHIKANTI_DP8["mfu_full_recompute"] / KORTHIKANTI_DP8["mfu_present_work"]
-        else:  # the row's own iteration time is its published iter_time_present_work_s
-            dp_seconds["published"] = present_work_s - row.workload.global_batch_size * row.workload.seq_length / (
-                row.published_tokens_per_s_per_gpu * row.num_gpus)
         scaled = replace(row, num_gpus=KORTHIKANTI_DP8["gpus"], overlap_grad_reduce=False,
                          published_tokens_per_s_per_gpu=published,
                          workload=row.workload.model_copy(update={"global_batch_size": gbs}))
-        dp_seconds["predicted"] = predict(scaled.model, scaled.cluster, scaled.job, c,
-                                          scaled.run_options).breakdown_s["dp_comm_exposed"]
-        groups[(row.source, "")] = [(r, _speed(r, c)) for r in (row, scaled)]
+        est = predict(scaled.model, scaled.cluster, scaled.job, c, scaled.run_options)
+        if present_work:  # the timed run: the row's own iteration time is its published iter_time_present_work_s
+            dp_seconds["published"] = present_work_s - row.workload.global_batch_size * row.workload.seq_length / (
+                row.published_tokens_per_s_per_gpu * row.num_gpus)
+            dp_seconds["predicted"] = est.breakdown_s["dp_comm_exposed"]
+        groups[(row.source, "")] = [(row, _speed(row, c)), (scaled, est.tokens_per_s_per_gpu)]
 
     lines = ["| source | model, config | GPUs | DP | micro-batches per pipeline | published tok/s/GPU | vs first "
              "| predicted | error | vs first |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
