@@ -208,11 +208,20 @@ def layer_compute_s(w: LayerWork, gpu: GPUSpec, precision: str, c: CostConstants
             "forward": gemm + attn + elem + fixed, "backward": 2 * gemm + attn_b + 2 * (elem + fixed)}
 
 
+def output_layer_s(work: StepWork, gpu: GPUSpec, c: CostConstants) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds the last stage spends per micro-batch on the output layer: its three GEMMs (forward, input and
+    weight gradients; bf16 even in an FP8 run, as Megatron keeps the output layer out of FP8) on the GEMM
+    roofline, and the fp32 vocabulary-parallel cross-entropy passes at HBM bandwidth."""
+    hbm = gpu.hbm_bandwidth_gbps * 1e9
+    gemms = 3 * np.maximum(work.logits_flops / (gpu.bf16_tflops * 1e12 * c.gemm_efficiency),
+                           c.gemm_memory_weight * work.logits_bytes / hbm)
+    return gemms, work.loss_bytes / hbm
+
+
 def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Workload,
             c: CostConstants, options: RunOptions = RunOptions()) -> dict[str, np.ndarray]:
     """Seconds from physical work: step_time_s and its breakdown, one array entry per config."""
     gpu = cluster.gpu
-    peak_bf16 = gpu.bf16_tflops * 1e12
     hbm = gpu.hbm_bandwidth_gbps * 1e9
     net = c.network_efficiency
 
@@ -255,8 +264,7 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
             work.recompute == 2, ep, 0.0)}
 
     dense, moe = layer(work.dense), layer(work.moe)
-    logits = 3 * np.maximum(work.logits_flops / (peak_bf16 * c.gemm_efficiency), c.gemm_memory_weight
-                            * work.logits_bytes / hbm) + work.loss_bytes / hbm
+    logits = sum(output_layer_s(work, gpu, c))
 
     def stage(n_dense, n_moe, with_logits):
         parts = {key: n_dense * dense[key] + n_moe * moe[key] for key in dense}

@@ -8,6 +8,10 @@ layer and loss cancel) with no communication in it, which is what the cost model
 (aten::mm / aten::addmm), the part whose dependence on micro-batch size and shard width the fitted roofline
 constants (gemm_efficiency, gemm_memory_weight) stand in for.
 
+It also times the last pipeline stage's extra work, the output layer and the loss: a 1-layer model with the
+real vocabulary (split over the TP shard) minus one with a small vocabulary. That term decides which stage is
+slowest in an even pipeline split, and it is compared with cost.output_layer_s.
+
 The layer spec is Megatron's local (pure-PyTorch) one unless Transformer Engine imports; the local core
 attention is unfused (the s x s scores in memory), so it is compared with the model's non-flash attention
 (RunOptions.flash_attention=False).
@@ -37,7 +41,7 @@ from autotune import constraints as C  # noqa: E402
 from autotune.atomic import write_text_atomic  # noqa: E402
 from autotune.cluster import ClusterSpec  # noqa: E402
 from autotune.config import ParallelConfig, Workload  # noqa: E402
-from autotune.cost import RunOptions, layer_compute_s  # noqa: E402
+from autotune.cost import RunOptions, layer_compute_s, output_layer_s  # noqa: E402
 from autotune.cost_constants import load_cost_constants  # noqa: E402
 from autotune.cost_terms import step_work  # noqa: E402
 from autotune.model_catalog import get_model  # noqa: E402
@@ -48,6 +52,11 @@ from autotune.model_spec import ModelSpec  # noqa: E402
 GPU_CASES = (("llama3-8b", (1, 2, 4, 8), (1, 2, 4)), ("llama3-70b", (2, 4, 8), (1, 2, 4)),
              ("mixtral-8x7b", (1, 2, 4), (1, 2)))
 SMOKE_CASES = (("tiny-dense", (1, 2), (1, 2)), ("tiny-moe", (1, 2), (1,)))
+# Output layer + loss: (catalog model, vocabulary (None: the model's), shard widths, micro-batch sizes). Llama3's
+# 128k vocabulary at the TP widths of the published Llama3 recipes; the smoke case's vocabulary only has to
+# exceed MEASURE_VOCAB.
+GPU_OUTPUT_CASES = (("llama3-8b", None, (1, 2), (1, 2)), ("llama3-70b", None, (4, 8), (1, 2)))
+SMOKE_OUTPUT_CASES = (("tiny-dense", 4096, (1, 2), (1, 2)),)
 # The measured models' vocabulary: the output layer cancels in the 2-minus-1-layer difference, so a small
 # one only saves time and memory.
 MEASURE_VOCAB = 1024
@@ -71,6 +80,21 @@ class LayerTiming:
     predicted_fwd_ms: float
     predicted_bwd_ms: float
     predicted_linear_gemm_ms: float  # fwd + 2 x bwd GEMM roofline
+
+
+@dataclass(frozen=True)
+class OutputTiming:
+    """The output layer and loss of one micro-batch, as the last pipeline stage runs them on one TP shard."""
+    model: str
+    shard: int
+    micro_batch_size: int
+    seq_length: int
+    vocab_per_gpu: int  # the measured vocabulary shard (vocabulary / shard)
+    measured_fwd_ms: float  # big-vocabulary model minus small-vocabulary model
+    measured_bwd_ms: float
+    measured_gemm_ms: float | None  # fwd + bwd linear GEMMs (the output layer's three), profiler (GPU only)
+    predicted_gemm_ms: float  # cost.output_layer_s, same difference
+    predicted_loss_ms: float
 
 
 def shard_spec(model: ModelSpec, shard: int, num_layers: int, vocab_size: int = MEASURE_VOCAB) -> ModelSpec:
@@ -102,6 +126,22 @@ def predicted_ms(model: ModelSpec, shard: int, mbs: int, seq: int, gpu_type: str
     parts = layer_compute_s(work.moe if model.is_moe else work.dense, cluster.gpu, "bf16", load_cost_constants(),
                             RunOptions(flash_attention=flash))
     return (1e3 * float(parts["forward"][0]), 1e3 * float(parts["backward"][0]), 3e3 * float(parts["gemm"][0]))
+
+
+def predicted_output_ms(model: ModelSpec, vocab: int, shard: int, mbs: int, seq: int,
+                        gpu_type: str) -> tuple[float, float]:
+    """Cost-model output-layer GEMM and loss milliseconds (cost.output_layer_s) of `vocab` split over TP = shard,
+    minus the same at the small measuring vocabulary, as the measurement takes the difference of the two."""
+    cluster = ClusterSpec.build(shard, gpu_type)
+    knobs = C.Knobs.batch_of(ParallelConfig(tensor_model_parallel_size=shard, micro_batch_size=mbs,
+                                            sequence_parallel=False))
+    workload = Workload(seq_length=seq, global_batch_size=mbs, precision="bf16")
+    parts = []
+    for v in (vocab, MEASURE_VOCAB * shard):
+        work = step_work(model.model_copy(update={"vocab_size": v, "num_layers": 1}), cluster, workload, knobs)
+        gemm, loss = output_layer_s(work, cluster.gpu, load_cost_constants())
+        parts.append((float(gemm[0]), float(loss[0])))
+    return 1e3 * (parts[0][0] - parts[1][0]), 1e3 * (parts[0][1] - parts[1][1])
 
 
 # --- measurement (imports torch and Megatron) ----------------------------------------------------
@@ -199,9 +239,10 @@ def _gemm_ms(model, batch) -> tuple[float, float]:
             sum(totals.get(k, 0.0) for k in ATTENTION_GEMM_OPS) / 1e3)
 
 
-def measure(cases, seq: int, gpu: bool, warmup: int, iters: int, on_row, progress=print) -> None:
-    """Time every case; after each row, on_row(rows so far, setup line, skipped cases) (the caller writes the
-    report then, so a run stopped at a time limit keeps what it measured)."""
+def measure(cases, seq: int, gpu: bool, warmup: int, iters: int, on_row, progress=print, output_cases=()) -> None:
+    """Time every case, then every output-layer case; after each row, on_row(layer rows, setup line, skipped
+    cases, output rows) (the caller writes the report then, so a run stopped at a time limit keeps what it
+    measured)."""
     import torch
 
     from trial_runner.model_builder import choose_layer_spec, count_local_parameters
@@ -215,7 +256,16 @@ def measure(cases, seq: int, gpu: bool, warmup: int, iters: int, on_row, progres
     device = torch.cuda.get_device_name(0) if gpu else "CPU (smoke run: times are not meaningful)"
     setup = f"{device}; torch {torch.__version__}; layer spec {layer_spec}; cost model as GPU type {gpu_type}"
     rows: list[LayerTiming] = []
+    outputs: list[OutputTiming] = []
     skipped: list[str] = []
+
+    def out_of_memory(case: str) -> None:
+        # A case too big for this GPU is reported as skipped; the others still run.
+        skipped.append(f"{case} (out of memory)")
+        progress(f"{case}: out of memory, skipped")
+        if gpu:
+            torch.cuda.empty_cache()
+        on_row(rows, setup, skipped, outputs)
     for model_name, shards, mbss in cases:
         model = get_model(model_name)
         for shard in shards:
@@ -230,12 +280,7 @@ def measure(cases, seq: int, gpu: bool, warmup: int, iters: int, on_row, progres
                         (l1, a1), (l2, a2) = (_gemm_ms(m, batch) for m in models)
                         lin, att = l2 - l1, a2 - a1
                 except torch.OutOfMemoryError:
-                    # A case too big for this GPU is reported as skipped; the others still run.
-                    skipped.append(f"{model_name} shard {shard} MBS {mbs} (out of memory)")
-                    progress(f"{model_name} shard {shard} mbs {mbs}: out of memory, skipped")
-                    if gpu:
-                        torch.cuda.empty_cache()
-                    on_row(rows, setup, skipped)
+                    out_of_memory(f"{model_name} shard {shard} MBS {mbs}")
                     continue
                 pf, pb, pg = predicted_ms(model, shard, mbs, seq, gpu_type, layer_spec == "transformer_engine")
                 rows.append(LayerTiming(model=model_name, shard=shard, micro_batch_size=mbs, seq_length=seq,
@@ -244,7 +289,36 @@ def measure(cases, seq: int, gpu: bool, warmup: int, iters: int, on_row, progres
                                         predicted_fwd_ms=pf, predicted_bwd_ms=pb, predicted_linear_gemm_ms=pg))
                 progress(f"{model_name} shard {shard} mbs {mbs}: measured {f2 - f1:.2f}+{b2 - b1:.2f} ms, "
                          f"predicted {pf:.2f}+{pb:.2f} ms")
-                on_row(rows, setup, skipped)
+                on_row(rows, setup, skipped, outputs)
+            del models
+            if gpu:
+                torch.cuda.empty_cache()
+    for model_name, vocab, shards, mbss in output_cases:
+        model = get_model(model_name)
+        vocab = vocab or model.vocab_size
+        for shard in shards:
+            # The real vocabulary's shard, then the small one: the difference is the output layer and loss.
+            models = [_build(shard_spec(model, shard, 1, v), seq, gpu, layer_spec)
+                      for v in (vocab // shard, MEASURE_VOCAB)]
+            for mbs in mbss:
+                try:
+                    batch = _batch(mbs, seq, gpu)
+                    (f1, b1), (f0, b0) = (_times(m, batch, gpu, warmup, iters) for m in models)
+                    gemm = None
+                    if gpu:
+                        (l1, _), (l0, _) = (_gemm_ms(m, batch) for m in models)
+                        gemm = l1 - l0
+                except torch.OutOfMemoryError:
+                    out_of_memory(f"{model_name} output layer shard {shard} MBS {mbs}")
+                    continue
+                pg, pl = predicted_output_ms(model, vocab, shard, mbs, seq, gpu_type)
+                outputs.append(OutputTiming(model=model_name, shard=shard, micro_batch_size=mbs, seq_length=seq,
+                                            vocab_per_gpu=vocab // shard, measured_fwd_ms=f1 - f0,
+                                            measured_bwd_ms=b1 - b0, measured_gemm_ms=gemm, predicted_gemm_ms=pg,
+                                            predicted_loss_ms=pl))
+                progress(f"{model_name} output layer shard {shard} mbs {mbs}: measured {f1 - f0:.2f}+{b1 - b0:.2f} ms, "
+                         f"predicted {pg + pl:.2f} ms")
+                on_row(rows, setup, skipped, outputs)
             del models
             if gpu:
                 torch.cuda.empty_cache()
@@ -256,7 +330,7 @@ def _pct(pred: float, meas: float | None) -> str:
     return "-" if meas is None or meas <= 0 else f"{100 * (pred / meas - 1):+.1f}%"
 
 
-def report(rows: list[LayerTiming], setup: str, skipped: list[str] = ()) -> str:
+def report(rows: list[LayerTiming], setup: str, skipped: list[str] = (), outputs: list[OutputTiming] = ()) -> str:
     lines = [
         "# Per-layer time of real Megatron Core layers vs the cost model's compute term",
         "",
@@ -281,7 +355,35 @@ def report(rows: list[LayerTiming], setup: str, skipped: list[str] = ()) -> str:
     if skipped:
         lines += ["", "Skipped: " + "; ".join(skipped) + "."]
     lines += ["", *_intercept_lines(rows)]
+    if outputs:
+        lines += ["", *_output_lines(outputs, rows)]
     return "\n".join(lines) + "\n"
+
+
+def _output_lines(outputs: list[OutputTiming], rows: list[LayerTiming]) -> list[str]:
+    """The output layer and loss against cost.output_layer_s, and how many decoder layers' time they weigh: the
+    share of an even pipeline split's last stage that the other stages do not have."""
+    layer_ms = {(r.model, r.shard, r.micro_batch_size): (r.measured_fwd_ms + r.measured_bwd_ms,
+                                                          r.predicted_fwd_ms + r.predicted_bwd_ms) for r in rows}
+    lines = ["Output layer and loss per micro-batch (the last pipeline stage's extra work): a 1-layer model with "
+             "the vocabulary split over the shard minus one with a small vocabulary, forward + backward. The "
+             "measured rest is everything but the output layer's GEMMs: the fp32 cross-entropy, and the embedding "
+             "table's gradient, which a pipeline puts on the first stage. Layers' worth: this time over one decoder "
+             "layer's (the table above) at the same shard and micro-batch.", "",
+             "| model | shard | MBS | vocab per GPU | measured fwd+bwd ms | measured GEMM ms | predicted GEMM ms "
+             "| GEMM error | measured rest ms | predicted loss ms | total error | layers' worth measured "
+             "| layers' worth predicted |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for o in outputs:
+        meas, pred = o.measured_fwd_ms + o.measured_bwd_ms, o.predicted_gemm_ms + o.predicted_loss_ms
+        gemm = "-" if o.measured_gemm_ms is None else f"{o.measured_gemm_ms:.2f}"
+        rest = "-" if o.measured_gemm_ms is None else f"{meas - o.measured_gemm_ms:.2f}"
+        layer = layer_ms.get((o.model, o.shard, o.micro_batch_size))
+        worth = ("-", "-") if layer is None else (
+            "-" if layer[0] <= 0 else f"{meas / layer[0]:.2f}", f"{pred / layer[1]:.2f}")
+        lines.append(f"| {o.model} | {o.shard} | {o.micro_batch_size} | {o.vocab_per_gpu:,} | {meas:.2f} | {gemm} | "
+                     f"{o.predicted_gemm_ms:.2f} | {_pct(o.predicted_gemm_ms, o.measured_gemm_ms)} | {rest} | "
+                     f"{o.predicted_loss_ms:.2f} | {_pct(pred, meas)} | {worth[0]} | {worth[1]} |")
+    return lines
 
 
 def _intercept_lines(rows: list[LayerTiming]) -> list[str]:
@@ -320,9 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     cases = SMOKE_CASES if args.smoke else GPU_CASES
+    output_cases = SMOKE_OUTPUT_CASES if args.smoke else GPU_OUTPUT_CASES
     if args.models:
         wanted = set(args.models.split(","))
         cases = tuple(c for c in cases if c[0] in wanted)
+        output_cases = tuple(c for c in output_cases if c[0] in wanted)
         if not cases:
             print(f"error: --models {args.models!r} names none of the cases "
                   f"({', '.join(c[0] for c in (SMOKE_CASES if args.smoke else GPU_CASES))})", file=sys.stderr)
@@ -347,16 +451,17 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (None if args.smoke else ROOT / "benchmarks" / "results" / "gpu_layer_times.md")
     final: dict = {}
 
-    def write(rows: list[LayerTiming], setup: str, skipped: list[str]) -> None:
-        final.update(text=report(rows, setup, skipped))
+    def write(rows: list[LayerTiming], setup: str, skipped: list[str], outputs: list[OutputTiming]) -> None:
+        final.update(text=report(rows, setup, skipped, outputs))
         if out is not None:
             write_text_atomic(out, final["text"])
         if args.json is not None:
             write_text_atomic(args.json, json.dumps({"setup": setup, "skipped": skipped,
-                                                     "rows": [asdict(r) for r in rows]}, indent=1))
+                                                     "rows": [asdict(r) for r in rows],
+                                                     "output_rows": [asdict(o) for o in outputs]}, indent=1))
 
     measure(cases, seq, gpu, args.warmup, args.iters, on_row=write,
-            progress=lambda line: print(line, file=sys.stderr, flush=True))
+            progress=lambda line: print(line, file=sys.stderr, flush=True), output_cases=output_cases)
     print(final.get("text", "no case was measured"))
     return 0
 
