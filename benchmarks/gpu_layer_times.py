@@ -240,7 +240,7 @@ def _gemm_ms(model, batch) -> tuple[float, float]:
 
 
 def measure(cases, seq: int, gpu: bool, warmup: int, iters: int, on_row, progress=print, output_cases=()) -> None:
-    """Time every case, then every output-layer case; after each row, on_row(layer rows, setup line, skipped
+    """Time every output-layer case, then every layer case; after each row, on_row(layer rows, setup line, skipped
     cases, output rows) (the caller writes the report then, so a run stopped at a time limit keeps what it
     measured)."""
     import torch
@@ -266,33 +266,8 @@ def measure(cases, seq: int, gpu: bool, warmup: int, iters: int, on_row, progres
         if gpu:
             torch.cuda.empty_cache()
         on_row(rows, setup, skipped, outputs)
-    for model_name, shards, mbss in cases:
-        model = get_model(model_name)
-        for shard in shards:
-            models = [_build(shard_spec(model, shard, n), seq, gpu, layer_spec) for n in (1, 2)]
-            params = count_local_parameters([models[1]]) - count_local_parameters([models[0]])
-            for mbs in mbss:
-                try:
-                    batch = _batch(mbs, seq, gpu)
-                    (f1, b1), (f2, b2) = (_times(m, batch, gpu, warmup, iters) for m in models)
-                    lin = att = None
-                    if gpu:
-                        (l1, a1), (l2, a2) = (_gemm_ms(m, batch) for m in models)
-                        lin, att = l2 - l1, a2 - a1
-                except torch.OutOfMemoryError:
-                    out_of_memory(f"{model_name} shard {shard} MBS {mbs}")
-                    continue
-                pf, pb, pg = predicted_ms(model, shard, mbs, seq, gpu_type, layer_spec == "transformer_engine")
-                rows.append(LayerTiming(model=model_name, shard=shard, micro_batch_size=mbs, seq_length=seq,
-                                        layer_params=params, measured_fwd_ms=f2 - f1, measured_bwd_ms=b2 - b1,
-                                        measured_linear_gemm_ms=lin, measured_attention_gemm_ms=att,
-                                        predicted_fwd_ms=pf, predicted_bwd_ms=pb, predicted_linear_gemm_ms=pg))
-                progress(f"{model_name} shard {shard} mbs {mbs}: measured {f2 - f1:.2f}+{b2 - b1:.2f} ms, "
-                         f"predicted {pf:.2f}+{pb:.2f} ms")
-                on_row(rows, setup, skipped, outputs)
-            del models
-            if gpu:
-                torch.cuda.empty_cache()
+
+    # The output-layer cases first: few and short, so a run cut at its time limit still has them.
     for model_name, vocab, shards, mbss in output_cases:
         model = get_model(model_name)
         vocab = vocab or model.vocab_size
@@ -318,6 +293,33 @@ def measure(cases, seq: int, gpu: bool, warmup: int, iters: int, on_row, progres
                                             predicted_loss_ms=pl))
                 progress(f"{model_name} output layer shard {shard} mbs {mbs}: measured {f1 - f0:.2f}+{b1 - b0:.2f} ms, "
                          f"predicted {pg + pl:.2f} ms")
+                on_row(rows, setup, skipped, outputs)
+            del models
+            if gpu:
+                torch.cuda.empty_cache()
+    for model_name, shards, mbss in cases:
+        model = get_model(model_name)
+        for shard in shards:
+            models = [_build(shard_spec(model, shard, n), seq, gpu, layer_spec) for n in (1, 2)]
+            params = count_local_parameters([models[1]]) - count_local_parameters([models[0]])
+            for mbs in mbss:
+                try:
+                    batch = _batch(mbs, seq, gpu)
+                    (f1, b1), (f2, b2) = (_times(m, batch, gpu, warmup, iters) for m in models)
+                    lin = att = None
+                    if gpu:
+                        (l1, a1), (l2, a2) = (_gemm_ms(m, batch) for m in models)
+                        lin, att = l2 - l1, a2 - a1
+                except torch.OutOfMemoryError:
+                    out_of_memory(f"{model_name} shard {shard} MBS {mbs}")
+                    continue
+                pf, pb, pg = predicted_ms(model, shard, mbs, seq, gpu_type, layer_spec == "transformer_engine")
+                rows.append(LayerTiming(model=model_name, shard=shard, micro_batch_size=mbs, seq_length=seq,
+                                        layer_params=params, measured_fwd_ms=f2 - f1, measured_bwd_ms=b2 - b1,
+                                        measured_linear_gemm_ms=lin, measured_attention_gemm_ms=att,
+                                        predicted_fwd_ms=pf, predicted_bwd_ms=pb, predicted_linear_gemm_ms=pg))
+                progress(f"{model_name} shard {shard} mbs {mbs}: measured {f2 - f1:.2f}+{b2 - b1:.2f} ms, "
+                         f"predicted {pf:.2f}+{pb:.2f} ms")
                 on_row(rows, setup, skipped, outputs)
             del models
             if gpu:
