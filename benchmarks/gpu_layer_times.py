@@ -239,6 +239,14 @@ def _gemm_ms(model, batch) -> tuple[float, float]:
             sum(totals.get(k, 0.0) for k in ATTENTION_GEMM_OPS) / 1e3)
 
 
+def _time_pair(models, mbs: int, seq: int, gpu: bool, warmup: int, iters: int):
+    """Median forward and backward ms of each of two models on one batch, and on a GPU each one's linear and
+    attention GEMM ms (None on CPU): the benchmark's measurements are differences of such pairs."""
+    batch = _batch(mbs, seq, gpu)
+    times = [_times(m, batch, gpu, warmup, iters) for m in models]
+    return times, ([_gemm_ms(m, batch) for m in models] if gpu else None)
+
+
 def measure(cases, seq: int, gpu: bool, warmup: int, iters: int, on_row, progress=print, output_cases=()) -> None:
     """Time every output-layer case, then every layer case; after each row, on_row(layer rows, setup line, skipped
     cases, output rows) (the caller writes the report then, so a run stopped at a time limit keeps what it
@@ -277,15 +285,11 @@ def measure(cases, seq: int, gpu: bool, warmup: int, iters: int, on_row, progres
                       for v in (vocab // shard, MEASURE_VOCAB)]
             for mbs in mbss:
                 try:
-                    batch = _batch(mbs, seq, gpu)
-                    (f1, b1), (f0, b0) = (_times(m, batch, gpu, warmup, iters) for m in models)
-                    gemm = None
-                    if gpu:
-                        (l1, _), (l0, _) = (_gemm_ms(m, batch) for m in models)
-                        gemm = l1 - l0
+                    ((f1, b1), (f0, b0)), gemms = _time_pair(models, mbs, seq, gpu, warmup, iters)
                 except torch.OutOfMemoryError:
                     out_of_memory(f"{model_name} output layer shard {shard} MBS {mbs}")
                     continue
+                gemm = None if gemms is None else gemms[0][0] - gemms[1][0]
                 pg, pl = predicted_output_ms(model, vocab, shard, mbs, seq, gpu_type)
                 outputs.append(OutputTiming(model=model_name, shard=shard, micro_batch_size=mbs, seq_length=seq,
                                             vocab_per_gpu=vocab // shard, measured_fwd_ms=f1 - f0,
@@ -304,15 +308,11 @@ def measure(cases, seq: int, gpu: bool, warmup: int, iters: int, on_row, progres
             params = count_local_parameters([models[1]]) - count_local_parameters([models[0]])
             for mbs in mbss:
                 try:
-                    batch = _batch(mbs, seq, gpu)
-                    (f1, b1), (f2, b2) = (_times(m, batch, gpu, warmup, iters) for m in models)
-                    lin = att = None
-                    if gpu:
-                        (l1, a1), (l2, a2) = (_gemm_ms(m, batch) for m in models)
-                        lin, att = l2 - l1, a2 - a1
+                    ((f1, b1), (f2, b2)), gemms = _time_pair(models, mbs, seq, gpu, warmup, iters)
                 except torch.OutOfMemoryError:
                     out_of_memory(f"{model_name} shard {shard} MBS {mbs}")
                     continue
+                lin, att = (None, None) if gemms is None else (gemms[1][0] - gemms[0][0], gemms[1][1] - gemms[0][1])
                 pf, pb, pg = predicted_ms(model, shard, mbs, seq, gpu_type, layer_spec == "transformer_engine")
                 rows.append(LayerTiming(model=model_name, shard=shard, micro_batch_size=mbs, seq_length=seq,
                                         layer_params=params, measured_fwd_ms=f2 - f1, measured_bwd_ms=b2 - b1,
