@@ -157,7 +157,7 @@ def space(
     con.print(render.configs_table(shown, f"feasible configs, predicted fastest first (top {len(shown)} of "
                                           f"{result.num_feasible:,}; {int(ranked.fits_memory.sum()):,} fit in memory)"))
     con.print(render.predicted_table([ranked.predicted(int(i)) for i in order], compare_to_first=True))
-    con.print(render.cost_model_error_line(load_fit_record()))
+    con.print(render.cost_model_error_line(load_fit_record(), cluster.gpu.name))
 
 
 @app.command()
@@ -209,7 +209,7 @@ def explain(
         if stages is not None:
             con.print(stages)
             con.print(render.stage_note(report.predicted))
-        con.print(render.cost_model_error_line(load_fit_record(), ranking=False))
+        con.print(render.cost_model_error_line(load_fit_record(), cluster.gpu.name, ranking=False))
     if report.memory is not None:
         con.print(render.memory_table(report.memory))
     if "memory" in report.failed:

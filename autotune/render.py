@@ -143,13 +143,21 @@ def stage_note(predicted: dict) -> str:
             "--pp-layout) can balance the stages.")
 
 
-def cost_model_error_line(fit: dict, ranking: bool = True) -> str:
-    """How far the predicted speeds can be trusted, from the fit record of the packaged constants."""
+def cost_model_error_line(fit: dict, gpu: str, ranking: bool = True) -> str:
+    """How far the predicted speeds can be trusted on this GPU type, from the fit record of the packaged constants."""
     if "loo_mape_h100" not in fit:
         return ""
     line = (f"cost model error (benchmarks/accuracy_throughput.py): {fit['loo_mape_h100']:.1%} mean on "
             f"{fit['h100_rows']} published H100 runs, {fit['loo_mape_a100']:.1%} on {fit['a100_rows']} A100 runs, "
             f"each predicted without its own run (leave-one-out).")
+    if gpu not in fit.get("fitted_gpu_types", [gpu]):
+        checked = fit.get("out_of_sample", {}).get(gpu)
+        if checked:
+            line += (f" No {gpu} run is in the fit; {checked['rows']} published {gpu} runs, predicted with these "
+                     f"constants, are off by {checked['mape']:.1%} on average.")
+        else:
+            line += (f" No {gpu} run is in the fit or checked: its speeds rest on datasheet figures, so read the "
+                     "order of the configs more than their speeds.")
     ties = " Configs a few % apart are ties within that error; real trials (autotune search) decide between them."
     return line + (ties if ranking else "")
 

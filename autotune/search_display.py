@@ -26,7 +26,7 @@ def print_analytic(con: Console, phase: AnalyticPhase, top: int = 10) -> None:
     con.print(render.configs_table([phase.result.job(i) for i in order],
                                    f"predicted fastest (top {len(order)} of {phase.result.num_feasible:,} feasible)"))
     con.print(render.predicted_table([phase.ranked.predicted(i) for i in order], compare_to_first=True))
-    con.print(render.cost_model_error_line(load_fit_record()))
+    con.print(render.cost_model_error_line(load_fit_record(), req.cluster.gpu.name))
 
 
 def progress_line(p: SearchProgress) -> str:

@@ -24,7 +24,8 @@ is reported too. Every feasible config is scored; the published config's rank is
 (1 = predicted fastest). A published config that only our memory model rejects is still ranked, and flagged.
 Also printed, out of sample: Korthikanti et al.'s per-layer times (Table 4), Megatron-Bridge's matched
 Llama3 70B SFT comparison of more PP and more TP against the tuned recipe, and data-parallel scaling
-(Narayanan et al.'s Table 2 PTD rows, Korthikanti et al.'s 530B at 8-way DP) (throughput_checks.py).
+(Narayanan et al.'s Table 2 PTD rows, Korthikanti et al.'s 530B at 8-way DP) (throughput_checks.py), and one
+model in two configs on H100, A100 and GB200 from Megatron-LM's CI timings (functional_timings.py).
 
 Run:  .venv/bin/python benchmarks/accuracy_throughput.py [--write] [--no-rank] [--rank-only TEXT]
 """
@@ -48,10 +49,11 @@ from autotune.cost_constants import CONSTANTS_PATH, load_cost_constants  # noqa:
 from autotune.memory import peak_memory_gib_batch  # noqa: E402
 from autotune.space import Knob, SearchSpace, enumerate_space, resolve_values  # noqa: E402
 from autotune.space_files import default_space  # noqa: E402
-from throughput_checks import (MATCHED_NOTE, LayerTimes, layer_check_lines, matched_check_lines,  # noqa: E402
-                               scaling_check)
+from throughput_checks import (MATCHED_NOTE, LayerTimes, blackwell_check, layer_check_lines,  # noqa: E402
+                               matched_check_lines, scaling_check)
+from functional_timings import pair_check  # noqa: E402
 from throughput_fit import FIXED, NAMES, Fitter  # noqa: E402
-from throughput_rows import Row, all_rows  # noqa: E402
+from throughput_rows import Row, all_rows, gb200_dense_rows  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -190,9 +192,11 @@ def main() -> None:
                                 if wanted(r) else None for i, r in enumerate(rows)])
         summary["rank_hits_leave_config_out"] = f"{ok_config}/{tried}"
         summary["rank_hits_strict_full_capacity"] = f"{strict0}/{tried}"
+    gb200 = gb200_dense_rows()
+    blackwell = blackwell_check(gb200, full, [rank_row(r, full) for r in gb200])
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     report = _report(summary, full, lines, rows, ranks, layer_check_lines(LayerTimes(), full),
-                     matched_check_lines(rows, full), scaling_check(full))
+                     matched_check_lines(rows, full), scaling_check(full), pair_check(full), blackwell)
     print(report)
     if args.rank_only is None:
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -208,7 +212,9 @@ def main() -> None:
                          "rank_hits entries are a held-out check (each row ranked with its leave-one-out constants), "
                          "never a fitting target."),
             "fixed": sorted(FIXED),
-            "fit": {k: v for k, v in summary.items() if k != "seconds"},
+            "fit": {**{k: v for k, v in summary.items() if k != "seconds"},
+                    "fitted_gpu_types": sorted({r.cluster.gpu.name for r in rows}),
+                    "out_of_sample": {"gb200": blackwell[1]}},
             "constants": {k: float(f"{v:.4g}") for k, v in full.to_dict().items()},
         }, indent=2) + "\n")
         load_cost_constants.cache_clear()
@@ -376,7 +382,8 @@ def _low_rank_lines(rows: list[Row], ranks: list) -> str:
 
 
 def _report(summary: dict, full: CostConstants, lines: list[str], rows: list[Row], ranks: list,
-            layer_lines: list[str], matched_lines: list[str], scaling: tuple[list[str], str]) -> str:
+            layer_lines: list[str], matched_lines: list[str], scaling: tuple[list[str], str],
+            pair: tuple[list[str], str], blackwell: tuple[list[str], dict]) -> str:
     consts = "\n".join(f"- `{k}` = {v:.4g}" + (" (assumed prior, not fitted)" if k in FIXED else "")
                        for k, v in full.to_dict().items())
     return (
@@ -410,6 +417,19 @@ def _report(summary: dict, full: CostConstants, lines: list[str], rows: list[Row
         + "8-way data parallelism, from the paper's Sec. 6.3 and abstract; neither is fitted, the 280-GPU Korthikanti "
         + "rows are fitted rows, shown as the reference; constants fitted on all rows):\n\n"
         + "\n".join(scaling[0]) + "\n\n" + scaling[1] + "\n\n"
+        + "Two configs of one model on three GPU types, out of sample (benchmarks/data/megatron_lm_iteration_times.csv: "
+        + "Megatron-LM's functional tests gpt3_7b_tp1_pp4_memory_speed and gpt3_7b_tp4_pp1_memory_speed, a GPT 7B on "
+        + "8 GPUs at seq 8192, global batch 8, BF16; the median step time of each CI run whose golden values updated "
+        + "both tests at once; not used in the fit; constants fitted on all rows):\n\n"
+        + "\n".join(pair[0]) + "\n\n" + pair[1] + "\n\n"
+        + "A GPU type outside the fit, out of sample (benchmarks/data/mbridge_gb200_dense_perf.csv: every dense-model "
+        + "GB200 row of Megatron-Bridge's performance summaries; predicted and ranked with the constants fitted on the "
+        + "H100 and A100 rows, GB200's datasheet figures in autotune/cluster.py): mean |error| "
+        + f"**{100 * blackwell[1]['mape']:.1f}%** over {blackwell[1]['rows']} rows "
+        + "(" + ", ".join(f"{k.removeprefix('mape_').upper()} {100 * v:.1f}%" for k, v in blackwell[1].items()
+                          if k.startswith("mape_")) + "); "
+        + f"published config in our top 5 or within 3% of our best: **{blackwell[1]['rank_hits']}**.\n\n"
+        + "\n".join(blackwell[0]) + "\n\n"
         + "\n".join(lines) + "\n"
         + ("\nRows ranked low (not in our top 5 and more than 3% behind our best), and why:\n"
            + _low_rank_lines(rows, ranks) + "\n" if any(rk is not None for rk in ranks) else "")

@@ -207,3 +207,32 @@ def scaling_check(c: CostConstants) -> tuple[list[str], str]:
         "for the slowest pipeline; the H100 rows overlap the reduction with backward and fit the network at its "
         "nominal speed.")
     return lines, note
+
+
+# --- a GPU type outside the fit: Megatron-Bridge's dense GB200 rows --------------------------------------------
+
+def blackwell_check(rows: list[Row], c: CostConstants, ranks: list[dict]) -> tuple[list[str], dict]:
+    """GB200 rows (throughput_rows.gb200_dense_rows) predicted and ranked with the constants fitted on H100 and A100.
+
+    Returns the table and a summary: mean |error| over all rows and per published precision, and the rank hits
+    (the published config in our top 5 or within 3% of our best, as for the fitted rows)."""
+    lines = ["| source | model | GPUs | published config | precision | published tok/s/GPU | predicted | error "
+             "| rank of published | our top-1 (predicted) |", "|---|---|---:|---|---|---:|---:|---:|---|---|"]
+    errors: dict[str, list[float]] = {}
+    hits = 0
+    for row, rk in zip(rows, ranks):
+        pred = _speed(row, c)
+        err = pred / row.published_tokens_per_s_per_gpu - 1
+        precision = "MXFP8" if "MXFP8" in row.note else row.workload.precision.upper()
+        errors.setdefault(precision, []).append(abs(err))
+        hits += rk["rank"] <= 5 or rk["gap"] <= 0.03
+        over = f" (we predict {rk['pub_mem_gib']:.0f} GiB: over the limit; {row.note})"
+        lines.append(f"| {row.source} | {row.model.name} | {row.num_gpus} | {row.parallel.short_name()} "
+                     f"gbs{row.workload.global_batch_size} s{row.workload.seq_length} | {precision} "
+                     f"| {row.published_tokens_per_s_per_gpu:.0f} | {pred:.0f} | {100 * err:+.1f}% "
+                     f"| {rk['rank']} / {rk['num_ranked']}{'' if rk['pub_fits'] else over} "
+                     f"| {rk['best']} ({rk['best_pred']:.0f}, +{100 * rk['gap']:.1f}%) |")
+    every = [e for v in errors.values() for e in v]
+    summary = {"rows": len(rows), "mape": float(np.mean(every)), "rank_hits": f"{hits}/{len(rows)}",
+               **{f"mape_{k.lower()}": float(np.mean(v)) for k, v in errors.items()}}
+    return lines, summary

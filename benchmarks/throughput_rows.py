@@ -210,8 +210,23 @@ NEMO_DISPATCHERS = {
 
 
 def nemo_rows() -> list[Row]:
+    return _perf_table_rows(refdata_csv("nemo_perf_h100.csv"), "nemo_perf_h100.csv", "h100")
+
+
+# Out of sample, not fitted: Megatron-Bridge's dense-model GB200 rows (throughput_checks.blackwell_check).
+GB200_DENSE_CSV = ROOT / "benchmarks" / "data" / "mbridge_gb200_dense_perf.csv"
+
+
+def gb200_dense_rows() -> list[Row]:
+    with open(GB200_DENSE_CSV) as f:
+        records = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    return _perf_table_rows(records, GB200_DENSE_CSV.name, "gb200")
+
+
+def _perf_table_rows(records: list[dict[str, str]], label: str, gpu: str) -> list[Row]:
+    """Rows of a NeMo / Megatron-Bridge performance-summary table (nemo_perf_h100.csv's columns)."""
     rows = []
-    for r in refdata_csv("nemo_perf_h100.csv"):
+    for r in records:
         name = r["model"]
         if name in SKIPPED_MODELS or r["task"] == "LoRA":
             continue
@@ -223,13 +238,15 @@ def nemo_rows() -> list[Row]:
             virtual_pipeline_model_parallel_size=vp if (vp or 1) > 1 else None, context_parallel_size=cp,
             expert_model_parallel_size=ep if model.is_moe else 1, micro_batch_size=_int(r["mbs"]),
             sequence_parallel=tp > 1, use_distributed_optimizer=True)
-        prec = "fp8" if "FP8" in r["precision"] else "bf16"
+        prec = "fp8" if "FP8" in r["precision"] else "bf16"  # MXFP8 (Blackwell block scaling) counts as fp8
         dispatcher = NEMO_DISPATCHERS.get((name, r["container"]), "alltoall")
         notes = ["Megatron-FSDP run modelled as distributed optimizer"] if _int(r["fsdp"], 0) else []
         if dispatcher != "alltoall":
             notes.append(f"flex dispatcher, {dispatcher} backend")
+        if r["precision"] == "MXFP8":
+            notes.append("MXFP8 modelled as fp8")
         rows.append(Row(
-            source=f"nemo_perf_h100.csv {r['container']} {r['task']}", model=model, gpu="h100", num_gpus=int(r["num_gpus"]),
+            source=f"{label} {r['container']} {r['task']}", model=model, gpu=gpu, num_gpus=int(r["num_gpus"]),
             workload=Workload(seq_length=int(r["seq_len"]), global_batch_size=int(r["gbs"]), precision=prec),
             parallel=parallel, published_tokens_per_s_per_gpu=float(r["tokens_per_sec_per_gpu"]), judging=BRIDGE,
             moe_dispatcher=dispatcher, note="; ".join(notes)))

@@ -77,6 +77,24 @@ def test_space_table_compares_to_the_best_and_states_the_model_error(capsys):
     assert f"{fit['loo_mape_h100']:.1%} mean on {fit['h100_rows']} published H100 runs" in text
 
 
+def test_error_line_names_the_gpu_types_the_cost_model_was_not_fitted_on(capsys):
+    """H100 is fitted: no caveat. GB200 is not, but was checked out of sample: the line quotes that check's mean
+    error from the fit record. B200 was neither fitted nor checked: the line says its speeds are datasheet figures."""
+    constants_file = Path(__file__).resolve().parents[1] / "autotune" / "data" / "cost_constants.json"
+    fit = json.loads(constants_file.read_text())["fit"]
+    assert "h100-80gb" in fit["fitted_gpu_types"] and "gb200" not in fit["fitted_gpu_types"]
+    texts = {}
+    for gpu in ("h100-80gb", "gb200", "b200"):
+        code, out, _ = run(capsys, "space", "--model", "llama3-8b", "--gpus", "8", "--gpu-type", gpu, "--top", "1")
+        assert code == 0
+        texts[gpu] = " ".join(out.split())
+    assert "is in the fit" not in texts["h100-80gb"]
+    checked = fit["out_of_sample"]["gb200"]
+    assert (f"No gb200 run is in the fit; {checked['rows']} published gb200 runs, predicted with these constants, "
+            f"are off by {checked['mape']:.1%} on average.") in texts["gb200"]
+    assert "No b200 run is in the fit or checked: its speeds rest on datasheet figures" in texts["b200"]
+
+
 def test_space_accepts_hf_config_path(capsys):
     code, out, _ = run(capsys, "space", "--model", str(HF / "mixtral-8x7b"), "--gpus", "64", "--json")
     assert code == 0 and json.loads(out)["num_feasible"] > 0

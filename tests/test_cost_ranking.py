@@ -71,3 +71,24 @@ def test_rank_space_uses_the_memory_options_of_the_space():
     default = rank_space(res)
     assert np.all(default.peak_memory_gib >= ranked.peak_memory_gib)
     assert np.any(default.peak_memory_gib > ranked.peak_memory_gib)
+
+
+def test_a_matched_pair_is_ordered_as_it_ran_where_the_gap_exceeds_our_error():
+    """Megatron-LM's CI ran one GPT 7B as TP1 PP4 VPP8 MBS1 and as TP4 PP1 MBS2 on 8 GPUs (functional tests
+    gpt3_7b_{tp1_pp4,tp4_pp1}_memory_speed; benchmarks/data/megatron_lm_iteration_times.csv, from the golden values
+    at Megatron-LM d98e8a64). On A100 TP4 PP1 was 12% faster, on GB200 TP1 PP4 was 8-11% faster: gaps wider than
+    the cost model's leave-one-out error (5-8%), so the model must order the pair as it ran on both. (On H100 the
+    measured gap, 1-8%, is within that error; the benchmark report shows we call it the wrong way.)"""
+    from benchmarks.functional_timings import PIPELINED, TENSOR, measured_pairs, predicted_step_s
+    from autotune.cost_constants import load_cost_constants
+
+    pairs = measured_pairs()
+    assert {p.gpu for p in pairs} == {"h100", "a100", "gb200"}
+    assert all(p.seconds[PIPELINED] > 0 and p.seconds[TENSOR] > 0 for p in pairs)
+    for gpu in ("a100", "gb200"):
+        runs = [p for p in pairs if p.gpu == gpu]
+        assert runs and all(abs(p.tensor_vs_pipelined) > 0.08 for p in runs)  # the data say what the docstring says
+        measured_sign = {p.tensor_vs_pipelined > 0 for p in runs}
+        assert len(measured_sign) == 1, f"{gpu}: the runs disagree on the order"
+        pred = predicted_step_s(gpu, load_cost_constants())
+        assert (pred[TENSOR] > pred[PIPELINED]) == measured_sign.pop(), f"{gpu}: predicted {pred}"

@@ -47,3 +47,23 @@ def test_layout_recipes_have_the_layer_counts_megatron_builds(refdata):
     assert len(chunks) == 16 and all(len(c) == 2 for c in chunks)
     assert sum(map(sum, chunks)) == 61
     assert chunks[0][0] == 1 and chunks[-1][-1] == 0
+
+
+def test_every_published_gb200_dense_config_is_valid():
+    """NVIDIA's dense GB200 benchmark configs (Megatron-Bridge performance summaries at 067f987, copied to
+    benchmarks/data/mbridge_gb200_dense_perf.csv) all ran, so each passes every rule on GB200 with the Bridge
+    recipes' bf16 gradient reduction and no extra headroom. The rows that ran Megatron-FSDP (which also shards
+    weights and gradients) are judged without the memory rule: we model FSDP as the distributed optimizer."""
+    from benchmarks.throughput_rows import gb200_dense_rows
+
+    rows = gb200_dense_rows()
+    assert len(rows) == 20 and {r.model.name for r in rows} == {"llama3-70b", "llama3.1-405b"}
+    bad = []
+    for r in rows:
+        fsdp = "Megatron-FSDP" in r.note
+        rules = tuple(x for x in constraints.RULES if not (fsdp and x.name == "memory"))
+        v = [x for x in constraints.check_all(r.model, r.cluster, r.job, rules=rules, memory_headroom=0.0,
+                                              memory_options=r.judging.memory_options) if not x.passed]
+        if v:
+            bad.append(f"{r.source} {r.parallel.short_name()}: {[(x.rule.name, x.message) for x in v]}")
+    assert not bad, "\n".join(bad)
