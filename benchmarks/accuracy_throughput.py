@@ -24,8 +24,10 @@ is reported too. Every feasible config is scored; the published config's rank is
 (1 = predicted fastest). A published config that only our memory model rejects is still ranked, and flagged.
 Also printed, out of sample: Korthikanti et al.'s per-layer times (Table 4), Megatron-Bridge's matched
 Llama3 70B SFT comparison of more PP and more TP against the tuned recipe, and data-parallel scaling
-(Narayanan et al.'s Table 2 PTD rows, Korthikanti et al.'s 530B at 8-way DP) (throughput_checks.py), and one
-model in two configs on H100, A100 and GB200 from Megatron-LM's CI timings (functional_timings.py).
+(Narayanan et al.'s Table 2 PTD rows, Korthikanti et al.'s 530B at 8-way DP) (throughput_checks.py), the
+orders Narayanan et al. state for their own matched configs (paper_orderings.py), one model in two configs on
+H100, A100 and GB200 from Megatron-LM's CI timings (functional_timings.py), and Megatron-Bridge's dense GB200
+rows, a GPU type outside the fit (throughput_checks.blackwell_check).
 
 Run:  .venv/bin/python benchmarks/accuracy_throughput.py [--write] [--no-rank] [--rank-only TEXT]
 """
@@ -52,6 +54,7 @@ from autotune.space_files import default_space  # noqa: E402
 from throughput_checks import (MATCHED_NOTE, LayerTimes, blackwell_check, layer_check_lines,  # noqa: E402
                                matched_check_lines, scaling_check)
 from functional_timings import pair_check  # noqa: E402
+from paper_orderings import orderings_check  # noqa: E402
 from throughput_fit import FIXED, NAMES, Fitter  # noqa: E402
 from throughput_rows import Row, all_rows, gb200_dense_rows  # noqa: E402
 
@@ -194,9 +197,10 @@ def main() -> None:
         summary["rank_hits_strict_full_capacity"] = f"{strict0}/{tried}"
     gb200 = gb200_dense_rows()
     blackwell = blackwell_check(gb200, full, [rank_row(r, full) for r in gb200])
+    orderings = orderings_check(full)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     report = _report(summary, full, lines, rows, ranks, layer_check_lines(LayerTimes(), full),
-                     matched_check_lines(rows, full), scaling_check(full), pair_check(full), blackwell)
+                     matched_check_lines(rows, full), scaling_check(full), orderings, pair_check(full), blackwell)
     print(report)
     if args.rank_only is None:
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -214,7 +218,7 @@ def main() -> None:
             "fixed": sorted(FIXED),
             "fit": {**{k: v for k, v in summary.items() if k != "seconds"},
                     "fitted_gpu_types": sorted({r.cluster.gpu.name for r in rows}),
-                    "out_of_sample": {"gb200": blackwell[1]}},
+                    "out_of_sample": {"gb200": blackwell[1], "narayanan2021_orderings": orderings[1]}},
             "constants": {k: float(f"{v:.4g}") for k, v in full.to_dict().items()},
         }, indent=2) + "\n")
         load_cost_constants.cache_clear()
@@ -383,7 +387,8 @@ def _low_rank_lines(rows: list[Row], ranks: list) -> str:
 
 def _report(summary: dict, full: CostConstants, lines: list[str], rows: list[Row], ranks: list,
             layer_lines: list[str], matched_lines: list[str], scaling: tuple[list[str], str],
-            pair: tuple[list[str], str], blackwell: tuple[list[str], dict]) -> str:
+            orderings: tuple[list[str], dict], pair: tuple[list[str], str],
+            blackwell: tuple[list[str], dict]) -> str:
     consts = "\n".join(f"- `{k}` = {v:.4g}" + (" (assumed prior, not fitted)" if k in FIXED else "")
                        for k, v in full.to_dict().items())
     return (
@@ -417,6 +422,12 @@ def _report(summary: dict, full: CostConstants, lines: list[str], rows: list[Row
         + "8-way data parallelism, from the paper's Sec. 6.3 and abstract; neither is fitted, the 280-GPU Korthikanti "
         + "rows are fitted rows, shown as the reference; constants fitted on all rows):\n\n"
         + "\n".join(scaling[0]) + "\n\n" + scaling[1] + "\n\n"
+        + "Matched configs with a stated order, out of sample (paper_orderings.py: Narayanan et al. 2021 ran one model "
+        + "in several configs on the same 64 A100 and said in words which was fastest; configs from Megatron-LM's "
+        + "examples/academic_paper_scripts/sc21 scripts, run settings as the Table 1 rows; constants fitted on all "
+        + f"rows): ordered as the paper says in **{orderings[1]['agree']}/{orderings[1]['cases']}** figure and "
+        + "batch-size cases.\n\n"
+        + "\n".join(orderings[0]) + "\n\n"
         + "Two configs of one model on three GPU types, out of sample (benchmarks/data/megatron_lm_iteration_times.csv: "
         + "Megatron-LM's functional tests gpt3_7b_tp1_pp4_memory_speed and gpt3_7b_tp4_pp1_memory_speed, a GPT 7B on "
         + "8 GPUs at seq 8192, global batch 8, BF16; the median step time of each CI run whose golden values updated "

@@ -226,7 +226,7 @@ def blackwell_check(rows: list[Row], c: CostConstants, ranks: list[dict]) -> tup
         precision = "MXFP8" if "MXFP8" in row.note else row.workload.precision.upper()
         errors.setdefault(precision, []).append(abs(err))
         hits += rk["rank"] <= 5 or rk["gap"] <= 0.03
-        over = f" (we predict {rk['pub_mem_gib']:.0f} GiB: over the limit; {row.note})"
+        over = f" (we predict {rk['pub_mem_gib']:.0f} GiB: over the limit{'; ' + row.note if row.note else ''})"
         lines.append(f"| {row.source} | {row.model.name} | {row.num_gpus} | {row.parallel.short_name()} "
                      f"gbs{row.workload.global_batch_size} s{row.workload.seq_length} | {precision} "
                      f"| {row.published_tokens_per_s_per_gpu:.0f} | {pred:.0f} | {100 * err:+.1f}% "
