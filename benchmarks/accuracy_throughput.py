@@ -423,7 +423,7 @@ def _report(summary: dict, full: CostConstants, lines: list[str], rows: list[Row
         + "rows are fitted rows, shown as the reference; constants fitted on all rows):\n\n"
         + "\n".join(scaling[0]) + "\n\n" + scaling[1] + "\n\n"
         + "Matched configs with a stated order, out of sample (paper_orderings.py: Narayanan et al. 2021 ran one model "
-        + "in several configs on the same 64 A100 and said in words which was fastest; configs from Megatron-LM's "
+        + "in several configs on the same A100s and said in words which was fastest; configs from Megatron-LM's "
         + "examples/academic_paper_scripts/sc21 scripts, run settings as the Table 1 rows; constants fitted on all "
         + f"rows): ordered as the paper says in **{orderings[1]['agree']}/{orderings[1]['cases']}** figure and "
         + "batch-size cases.\n\n"
