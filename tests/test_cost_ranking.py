@@ -107,9 +107,7 @@ def test_the_cost_model_orders_narayanans_matched_configs_as_the_paper_states():
 
     constants = load_cost_constants()
     checked = set()
-    for comp, gbs, est in cases(constants):
-        assert all(comp.num_gpus % (p.tensor_model_parallel_size * p.pipeline_model_parallel_size) == 0
-                   for p in comp.configs)
+    for comp, gbs, est in cases(constants):  # cases() raises on a config that breaks a Megatron rule
         if comp.figure in ("Figure 12", "Figure 13", "Figure 14"):
             speeds = [e.tokens_per_s_per_gpu for e in est]
             assert comp.agrees(speeds), f"{comp.figure} at global batch {gbs}: predicted {speeds}"
