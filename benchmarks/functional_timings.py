@@ -11,7 +11,6 @@ Used by accuracy_throughput.py, which prints the table in its report; tests/test
 
 from __future__ import annotations
 
-import csv
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from accuracy_memory import GPT_7B  # noqa: E402 - the same model's memory point
 from autotune.cluster import ClusterSpec  # noqa: E402
 from autotune.config import JobConfig, ParallelConfig, Workload  # noqa: E402
 from autotune.cost import CostConstants, RunOptions, predict  # noqa: E402
+from throughput_rows import commented_csv  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "megatron_lm_iteration_times.csv"
 GPU_TYPES = {"h100": "h100-80gb", "a100": "a100-80gb", "gb200": "gb200"}
@@ -66,8 +66,7 @@ def measured_pairs(path: Path = DATA) -> list[PairRun]:
 
     A golden-value file updated alone keeps the other test's older value, measured on other software, so only
     same-commit pairs are compared."""
-    with open(path) as f:
-        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    rows = commented_csv(path)
     runs: dict[tuple[str, str], dict] = {}
     for r in rows:
         run = runs.setdefault((r["gpu"], r["commit"]), {"date": r["date"], "seconds": {}})

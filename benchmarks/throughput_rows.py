@@ -175,9 +175,14 @@ class Row:
         return JobConfig(num_gpus=self.num_gpus, parallel=self.parallel, workload=self.workload)
 
 
-def refdata_csv(name: str) -> list[dict[str, str]]:
-    with open(REFDATA / name) as f:
+def commented_csv(path: Path) -> list[dict[str, str]]:
+    """A CSV whose header comment lines (source, how it was read) start with '#'."""
+    with open(path) as f:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+def refdata_csv(name: str) -> list[dict[str, str]]:
+    return commented_csv(REFDATA / name)
 
 
 def _int(v: str, default: int | None = 1) -> int | None:
@@ -218,9 +223,7 @@ GB200_DENSE_CSV = ROOT / "benchmarks" / "data" / "mbridge_gb200_dense_perf.csv"
 
 
 def gb200_dense_rows() -> list[Row]:
-    with open(GB200_DENSE_CSV) as f:
-        records = list(csv.DictReader(line for line in f if not line.startswith("#")))
-    return _perf_table_rows(records, GB200_DENSE_CSV.name, "gb200")
+    return _perf_table_rows(commented_csv(GB200_DENSE_CSV), GB200_DENSE_CSV.name, "gb200")
 
 
 def _perf_table_rows(records: list[dict[str, str]], label: str, gpu: str) -> list[Row]:

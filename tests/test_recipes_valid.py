@@ -6,8 +6,6 @@ Source: ../shared/refdata/mbridge_h100_perf_recipes.csv (Megatron-Bridge perf re
 
 from __future__ import annotations
 
-import pytest
-
 from autotune import constraints
 from autotune.cluster import ClusterSpec
 from autotune.config import JobConfig
