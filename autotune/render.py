@@ -153,8 +153,11 @@ def cost_model_error_line(fit: dict, gpu: str, ranking: bool = True) -> str:
     if gpu not in fit.get("fitted_gpu_types", [gpu]):
         checked = fit.get("out_of_sample", {}).get(gpu)
         if checked:
-            line += (f" No {gpu} run is in the fit; {checked['rows']} published {gpu} runs, predicted with these "
-                     f"constants, are off by {checked['mape']:.1%} on average.")
+            # One check per model kind (dense, MoE): their errors differ too much to quote one figure.
+            parts = [f"{c['rows']} {'MoE' if kind == 'moe' else kind}-model runs by {c['mape']:.1%}"
+                     for kind, c in checked.items()]
+            line += (f" No {gpu} run is in the fit; published {gpu} runs, predicted with these constants, are off "
+                     f"on average: {' and '.join(parts)}.")
         else:
             line += (f" No {gpu} run is in the fit or checked: its speeds rest on datasheet figures, so read the "
                      "order of the configs more than their speeds.")

@@ -201,7 +201,7 @@ def recipe_results(refdata: Path = REFDATA) -> list[RecipeResult]:
         job = JobConfig(num_gpus=r.num_gpus, parallel=r.parallel, workload=r.workload)
         est = estimate_memory(get_model(r.model), ClusterSpec.build(r.num_gpus), job, options=r.memory_options)
         out.append(RecipeResult(r.function, r.model, r.parallel.short_name() + (
-            f"·layout" if r.parallel.pipeline_model_parallel_layout else ""), est.peak_memory_gib,
+            "·layout" if r.parallel.pipeline_model_parallel_layout else ""), est.peak_memory_gib,
             est.peak_memory_gib <= H100_GIB, "; ".join(unmodelled)))
     return out
 

@@ -24,8 +24,8 @@ from autotune.cluster import ClusterSpec  # noqa: E402
 from autotune.config import JobConfig, ParallelConfig, Workload  # noqa: E402
 from autotune.cost import CostConstants, RunOptions, combine, predict  # noqa: E402
 from autotune.cost_terms import step_work  # noqa: E402
-from throughput_rows import (Row, gpt_spec, korthikanti_2022, korthikanti_rows, narayanan_table2_rows,  # noqa: E402
-                             refdata_csv)
+from throughput_rows import (Row, ep_overlapped, gpt_spec, korthikanti_2022, korthikanti_rows,  # noqa: E402
+                             narayanan_table2_rows, refdata_csv)
 
 # --- per-layer check: Korthikanti et al. 2022 Table 4 ---------------------------------------------
 
@@ -209,7 +209,7 @@ def scaling_check(c: CostConstants) -> tuple[list[str], str]:
     return lines, note
 
 
-# --- a GPU type outside the fit: Megatron-Bridge's dense GB200 rows --------------------------------------------
+# --- a GPU type outside the fit: Megatron-Bridge's GB200 rows, dense and MoE ---------------------------------
 
 def blackwell_check(rows: list[Row], c: CostConstants, ranks: list[dict]) -> tuple[list[str], dict]:
     """GB200 rows (throughput_rows.gb200_dense_rows) predicted and ranked with the constants fitted on H100 and A100.
@@ -235,4 +235,24 @@ def blackwell_check(rows: list[Row], c: CostConstants, ranks: list[dict]) -> tup
     every = [e for v in errors.values() for e in v]
     summary = {"rows": len(rows), "mape": float(np.mean(every)), "rank_hits": f"{hits}/{len(rows)}",
                **{f"mape_{k.lower()}": float(np.mean(v)) for k, v in errors.items()}}
+    return lines, summary
+
+
+def moe_feature_groups(rows: list[Row], c: CostConstants) -> tuple[list[str], dict]:
+    """The GB200 MoE rows grouped by model and by the recipe features the cost model lacks (EP exchange overlapped
+    with compute; from 26.06 also full-iteration CUDA graphs): signed error per group, which says how far and which
+    way each feature set moves the measured speed from our prediction. Summary: mean |error| with and without."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        features = r.note.split("; ")[-1] if ep_overlapped(r) else "neither"
+        groups.setdefault((r.model.name, features.removesuffix(" (not modelled)")), []).append(
+            _speed(r, c) / r.published_tokens_per_s_per_gpu - 1)
+    lines = ["| model | recipe features we do not model | rows | mean error | range |", "|---|---|---:|---:|---|"]
+    for (model, features), errs in groups.items():
+        lines.append(f"| {model} | {features} | {len(errs)} | {100 * np.mean(errs):+.1f}% "
+                     f"| {100 * min(errs):+.1f}% to {100 * max(errs):+.1f}% |")
+    summary = {}
+    for key, want in (("ep_overlap", True), ("no_ep_overlap", False)):
+        errs = [_speed(r, c) / r.published_tokens_per_s_per_gpu - 1 for r in rows if ep_overlapped(r) == want]
+        summary[key] = {"rows": len(errs), "mape": float(np.mean(np.abs(errs)))}
     return lines, summary

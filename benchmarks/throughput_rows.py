@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ EXTRA_MODELS = {
 CATALOG_NAMES = {
     "LLAMA3.1_405B": "llama3.1-405b", "Qwen3_30B_a3B": "qwen3-30b-a3b", "LLAMA3_70B": "llama3-70b",
     "LLAMA3_8B": "llama3-8b", "LLAMA3-8B": "llama3-8b", "LLAMA3-70B": "llama3-70b", "GPT3-175B": "gpt3-175b",
-    "Nemotron-340B": "nemotron4-340b",
+    "Nemotron-340B": "nemotron4-340b", "DeepSeekV3": "deepseek-v3", "Qwen3_235B_a22B": "qwen3-235b",
 }
 # Published rows we cannot express, and why.
 SKIPPED_MODELS = {
@@ -226,7 +226,51 @@ def gb200_dense_rows() -> list[Row]:
     return _perf_table_rows(commented_csv(GB200_DENSE_CSV), GB200_DENSE_CSV.name, "gb200")
 
 
-def _perf_table_rows(records: list[dict[str, str]], label: str, gpu: str) -> list[Row]:
+# Out of sample, not fitted: Megatron-Bridge's MoE-model GB200 rows (throughput_checks.blackwell_check).
+GB200_MOE_CSV = ROOT / "benchmarks" / "data" / "mbridge_gb200_moe_perf.csv"
+# The recipe behind each GB200 MoE row, keyed by (model, container): its token dispatcher, and whether it ran
+# features we do not model, namely the EP all-to-all overlapped with compute (overlap_moe_expert_parallel_comm
+# with delay_wgrad_compute) and full-iteration CUDA graphs. Read from Megatron-Bridge's git tags (v0.3.0 = 26.02,
+# v0.3.1 = 26.02.01, v0.4.0 = 26.04, v0.4.2 = 26.04.01, v0.5.0 = 26.06, v0.5.1 = 26.06.01, v0.6.0 = 26.08, per
+# docs/versions1.json at v0.6.0): scripts/performance/configs/{deepseek/deepseek,gpt_oss/gpt_oss,qwen/qwen3}_
+# workload_base_configs.py (DEEPSEEK_V3_PRETRAIN_CONFIG_GB200_FP8_MX_V2, GPT_OSS_120B_PRETRAIN_CONFIG_GB200_BF16_V2
+# and _FP8_MX_V2, QWEN3_30B_A3B_PRETRAIN_CONFIG_GB200_FP8_MX_V1, QWEN3_235B_A22B_PRETRAIN_CONFIG_GB200_FP8_MX_V2)
+# with scripts/performance/utils/overrides.py, and src/megatron/bridge/perf_recipes/*/gb200/ at v0.6.0. Every
+# one of them uses flex/hybridep except GPT-OSS in 26.02, 26.02.01 (the provider's alltoall) and 26.04.01 (v0.4.2
+# drops the hybridep line, so overrides.py falls back to alltoall). EP overlap: GPT-OSS from 26.04, the others
+# from 26.06; full-iteration CUDA graphs, paged stash and the cuteDSL fused grouped MLP: everyone from 26.06.
+GB200_MOE_DISPATCHERS = {
+    ("GPT OSS 120B", "26.02"): "alltoall", ("GPT OSS 120B", "26.02.01"): "alltoall",
+    ("GPT OSS 120B", "26.04.01"): "alltoall",
+}
+GB200_MOE_LATER_FEATURES = ("26.06", "26.06.01", "26.08")  # EP overlap + full-iteration CUDA graphs
+GB200_MOE_EP_OVERLAP = {("gpt-oss-120b", "26.04"), ("gpt-oss-120b", "26.04.01")}
+# DeepSeek-V3's recipe places its layers with Megatron-Bridge's built-in map for PP 4 x VP 4
+# (src/megatron/bridge/recipes/deepseek/deepseek_v3.py, entry (4, 4)): embedding + 4 layers, 14 chunks of 4,
+# then 1 layer + the MTP layer + the loss.
+GB200_MOE_LAYOUTS = {"DeepSeekV3": "Etttt|(tttt|)*14tmL"}
+
+
+def gb200_moe_rows() -> list[Row]:
+    rows = _perf_table_rows(commented_csv(GB200_MOE_CSV), GB200_MOE_CSV.name, "gb200", GB200_MOE_DISPATCHERS,
+                            default_dispatcher="hybridep")
+    out = []
+    for r in rows:
+        container = r.source.split()[1]
+        extra = (["EP overlap, full-iteration CUDA graphs (not modelled)"] if container in GB200_MOE_LATER_FEATURES
+                 else ["EP overlap (not modelled)"] if (r.model.name, container) in GB200_MOE_EP_OVERLAP else [])
+        out.append(replace(r, note="; ".join([r.note, *extra]) if r.note else "; ".join(extra)))
+    return out
+
+
+def ep_overlapped(row: Row) -> bool:
+    """A GB200 MoE row whose recipe overlapped the EP exchange with compute, which the cost model does not."""
+    return "EP overlap" in row.note
+
+
+def _perf_table_rows(records: list[dict[str, str]], label: str, gpu: str,
+                     dispatchers: dict[tuple[str, str], str] = NEMO_DISPATCHERS,
+                     default_dispatcher: str = "alltoall") -> list[Row]:
     """Rows of a NeMo / Megatron-Bridge performance-summary table (nemo_perf_h100.csv's columns)."""
     rows = []
     for r in records:
@@ -236,13 +280,17 @@ def _perf_table_rows(records: list[dict[str, str]], label: str, gpu: str) -> lis
         model = get_model(CATALOG_NAMES[name]) if name in CATALOG_NAMES else EXTRA_MODELS[name]
         tp, pp, cp = _int(r["tp"]), _int(r["pp"]), _int(r["cp"])
         vp, ep = _int(r["vp"], None), _int(r["ep"])
-        parallel = _with_split(
-            model, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-            virtual_pipeline_model_parallel_size=vp if (vp or 1) > 1 else None, context_parallel_size=cp,
-            expert_model_parallel_size=ep if model.is_moe else 1, micro_batch_size=_int(r["mbs"]),
-            sequence_parallel=tp > 1, use_distributed_optimizer=True)
+        knobs = dict(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                     virtual_pipeline_model_parallel_size=vp if (vp or 1) > 1 else None, context_parallel_size=cp,
+                     expert_model_parallel_size=ep if model.is_moe else 1, micro_batch_size=_int(r["mbs"]),
+                     sequence_parallel=tp > 1, use_distributed_optimizer=True)
+        if name in GB200_MOE_LAYOUTS and gpu == "gb200":
+            knobs["pipeline_model_parallel_layout"] = GB200_MOE_LAYOUTS[name]
+            parallel = ParallelConfig(**knobs)
+        else:
+            parallel = _with_split(model, **knobs)
         prec = "fp8" if "FP8" in r["precision"] else "bf16"  # MXFP8 (Blackwell block scaling) counts as fp8
-        dispatcher = NEMO_DISPATCHERS.get((name, r["container"]), "alltoall")
+        dispatcher = dispatchers.get((name, r["container"]), default_dispatcher if model.is_moe else "alltoall")
         notes = ["Megatron-FSDP run modelled as distributed optimizer"] if _int(r["fsdp"], 0) else []
         if dispatcher != "alltoall":
             notes.append(f"flex dispatcher, {dispatcher} backend")

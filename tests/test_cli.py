@@ -89,9 +89,10 @@ def test_error_line_names_the_gpu_types_the_cost_model_was_not_fitted_on(capsys)
         assert code == 0
         texts[gpu] = " ".join(out.split())
     assert "is in the fit" not in texts["h100-80gb"]
-    checked = fit["out_of_sample"]["gb200"]
-    assert (f"No gb200 run is in the fit; {checked['rows']} published gb200 runs, predicted with these constants, "
-            f"are off by {checked['mape']:.1%} on average.") in texts["gb200"]
+    dense, moe = fit["out_of_sample"]["gb200"]["dense"], fit["out_of_sample"]["gb200"]["moe"]
+    assert ("No gb200 run is in the fit; published gb200 runs, predicted with these constants, are off on average: "
+            f"{dense['rows']} dense-model runs by {dense['mape']:.1%} and {moe['rows']} MoE-model runs by "
+            f"{moe['mape']:.1%}.") in texts["gb200"]
     assert "No b200 run is in the fit or checked: its speeds rest on datasheet figures" in texts["b200"]
 
 

@@ -65,3 +65,25 @@ def test_every_published_gb200_dense_config_is_valid():
         if v:
             bad.append(f"{r.source} {r.parallel.short_name()}: {[(x.rule.name, x.message) for x in v]}")
     assert not bad, "\n".join(bad)
+
+
+def test_every_published_gb200_moe_config_passes_megatrons_rules():
+    """NVIDIA's MoE GB200 benchmark configs (Megatron-Bridge performance summaries, copied to
+    benchmarks/data/mbridge_gb200_moe_perf.csv) all ran, so each passes every Megatron rule on GB200, DeepSeek-V3's
+    with its recipe's explicit pipeline layout. Our memory model is the exception, and only for DeepSeek-V3 (it
+    predicts about 193 GiB of GB200's 186): a known gap reported in benchmarks/results/throughput_h100_a100.md, not
+    a target; the test pins which rows it affects so a change there is seen."""
+    from benchmarks.throughput_rows import gb200_moe_rows
+
+    rows = gb200_moe_rows()
+    assert len(rows) == 27
+    assert {r.model.name for r in rows} == {"deepseek-v3", "gpt-oss-120b", "qwen3-30b-a3b", "qwen3-235b"}
+    bad, over_memory = [], set()
+    for r in rows:
+        v = [x for x in constraints.check_all(r.model, r.cluster, r.job, memory_headroom=0.0,
+                                              memory_options=r.judging.memory_options) if not x.passed]
+        over_memory |= {r.model.name for x in v if x.rule.name == "memory"}
+        if any(x.rule.name != "memory" for x in v):
+            bad.append(f"{r.source} {r.parallel.short_name()}: {[(x.rule.name, x.message) for x in v]}")
+    assert not bad, "\n".join(bad)
+    assert over_memory == {"deepseek-v3"}

@@ -9,7 +9,7 @@ import pytest
 
 from autotune import constraints as C
 from autotune.cluster import ClusterSpec
-from autotune.config import JobConfig, Workload
+from autotune.config import Workload
 from autotune.errors import ConfigError, SpecFileError
 from autotune.model_catalog import get_model
 from autotune.space import enumerate_space, parse_space, resolve_values, validate_space_for
