@@ -244,8 +244,7 @@ def moe_feature_groups(rows: list[Row], c: CostConstants) -> tuple[list[str], di
     way each feature set moves the measured speed from our prediction. Summary: mean |error| with and without."""
     groups: dict[tuple[str, str], list[float]] = {}
     for r in rows:
-        features = r.note.split("; ")[-1] if ep_overlapped(r) else "neither"
-        groups.setdefault((r.model.name, features.removesuffix(" (not modelled)")), []).append(
+        groups.setdefault((r.model.name, ", ".join(r.unmodelled_features) or "neither"), []).append(
             _speed(r, c) / r.published_tokens_per_s_per_gpu - 1)
     lines = ["| model | recipe features we do not model | rows | mean error | range |", "|---|---|---:|---:|---|"]
     for (model, features), errs in groups.items():
