@@ -111,11 +111,14 @@ def rank_row(row: Row, c: CostConstants, headroom: float = RANK_HEADROOM) -> dic
         exact &= same
         if name not in row.unpublished:
             match &= same
-    pub_mem = float(peak_memory_gib_batch(row.model, cluster, row.workload, pub, options=opts,
-                                          layout=row.parallel.pipeline_model_parallel_layout)[0])
+    layout = row.parallel.pipeline_model_parallel_layout
+    pub_mem = float(peak_memory_gib_batch(row.model, cluster, row.workload, pub, options=opts, layout=layout)[0])
     pub_fits = bool(match.any())
-    if not pub_fits and row.parallel.pipeline_model_parallel_layout is not None:
-        pub_fits = pub_mem <= cluster.gpu.usable_memory_gib * (1 - headroom)
+    if layout is not None:
+        # The space enumerates no explicit layouts, so the published config is never in it: the memory rule
+        # (which reads the layout's stages) says whether it would have been.
+        pub_fits = not any(v.rule == "memory" for v in C.violations(
+            row.model, cluster, row.job, memory_headroom=headroom, memory_options=opts))
     elif not pub_fits:
         # Rank it anyway when our memory model is the only rule it breaks (it ran, so the model is wrong).
         broken = [v.rule for v in C.violations(row.model, cluster, row.job, memory_headroom=headroom,
@@ -128,10 +131,10 @@ def rank_row(row: Row, c: CostConstants, headroom: float = RANK_HEADROOM) -> dic
         exact = match
     pred = predict_batch(row.model, cluster, row.workload, k, c, row.run_options)
     tps = pred["tokens_per_s_per_gpu"]
-    if row.parallel.pipeline_model_parallel_layout is not None:
-        # The space has no explicit layouts and predict_batch does not place layers by one: the published
-        # config is predicted alone (cost.predict reads its stage layer counts) and ranked among the space.
-        tps = np.append(tps[:res.num_feasible], predict(row.model, cluster, row.job, c, row.run_options).tokens_per_s_per_gpu)
+    if layout is not None:
+        # predict_batch does not place layers by a layout: the published config is predicted alone (cost.predict
+        # reads its stage layer counts) and ranked among the space.
+        tps = np.append(tps, predict(row.model, cluster, row.job, c, row.run_options).tokens_per_s_per_gpu)
         match = np.zeros(len(tps), dtype=bool)
         match[-1] = True
         exact = match

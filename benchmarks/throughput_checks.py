@@ -242,16 +242,16 @@ def moe_feature_groups(rows: list[Row], c: CostConstants) -> tuple[list[str], di
     """The GB200 MoE rows grouped by model and by the recipe features the cost model lacks (EP exchange overlapped
     with compute; from 26.06 also full-iteration CUDA graphs): signed error per group, which says how far and which
     way each feature set moves the measured speed from our prediction. Summary: mean |error| with and without."""
+    err = [_speed(r, c) / r.published_tokens_per_s_per_gpu - 1 for r in rows]
     groups: dict[tuple[str, str], list[float]] = {}
-    for r in rows:
-        groups.setdefault((r.model.name, ", ".join(r.unmodelled_features) or "neither"), []).append(
-            _speed(r, c) / r.published_tokens_per_s_per_gpu - 1)
+    for r, e in zip(rows, err):
+        groups.setdefault((r.model.name, ", ".join(r.unmodelled_features) or "neither"), []).append(e)
     lines = ["| model | recipe features we do not model | rows | mean error | range |", "|---|---|---:|---:|---|"]
     for (model, features), errs in groups.items():
         lines.append(f"| {model} | {features} | {len(errs)} | {100 * np.mean(errs):+.1f}% "
                      f"| {100 * min(errs):+.1f}% to {100 * max(errs):+.1f}% |")
     summary = {}
     for key, want in (("ep_overlap", True), ("no_ep_overlap", False)):
-        errs = [_speed(r, c) / r.published_tokens_per_s_per_gpu - 1 for r in rows if ep_overlapped(r) == want]
+        errs = [e for r, e in zip(rows, err) if ep_overlapped(r) == want]
         summary[key] = {"rows": len(errs), "mape": float(np.mean(np.abs(errs)))}
     return lines, summary
