@@ -440,7 +440,7 @@ def context_for(model: ModelSpec, cluster: ClusterSpec, workload: Workload, para
                 memory_options: MemoryOptions | None = None) -> Context:
     layout_err = None
     if parallel is not None and parallel.pipeline_model_parallel_layout is not None:
-        layout_err = pipeline.split_error(model.num_layers, parallel)
+        layout_err = pipeline.split_error(model.num_layers, parallel, model.mtp_num_layers)
     return Context(model=model, cluster=cluster, workload=workload, allow_cross_node_tp=allow_cross_node_tp,
                    layout_error=layout_err, memory_headroom=memory_headroom,
                    memory_options=memory_options or MemoryOptions(),

@@ -60,7 +60,7 @@ from autotune.cost_terms import MOE_DISPATCHERS, LayerWork, StepWork, step_work
 from autotune.errors import ConfigError
 from autotune.flops import model_flops_per_iteration
 from autotune.model_spec import ModelSpec
-from autotune.pipeline import layers_per_chunk
+from autotune.pipeline import layers_per_chunk, parse_layout
 
 BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "pipeline_bubble", "p2p",
                   "dp_comm_exposed", "optimizer")
@@ -264,22 +264,27 @@ def combine(work: StepWork, model: ModelSpec, cluster: ClusterSpec, workload: Wo
             work.recompute == 2, ep, 0.0)}
 
     dense, moe = layer(work.dense), layer(work.moe)
+    mtp = layer(work.mtp) if work.mtp is not None else None
     logits = sum(output_layer_s(work, gpu, c))
 
-    def stage(n_dense, n_moe, with_logits):
+    def stage(n_dense, n_moe, with_logits, with_mtp):
         parts = {key: n_dense * dense[key] + n_moe * moe[key] for key in dense}
-        parts["compute"] = parts["compute"] + np.where(with_logits, logits, 0.0)
+        if mtp is not None:  # each MTP layer, then its own output layer + loss
+            parts = {key: parts[key] + np.where(with_mtp, work.mtp_layers * mtp[key], 0.0) for key in parts}
+        logit_passes = np.where(with_logits, 1, 0) + np.where(with_mtp, work.mtp_layers, 0)
+        parts["compute"] = parts["compute"] + logit_passes * logits
         return parts
 
     pp = work.pp
     first_dense = work.dense_on_first
+    at = work.mtp_stage
     stages = [
-        stage(first_dense, work.layers_first - first_dense, pp == 1),
-        stage(0.0, work.layers_middle, False),
-        stage(0.0, work.layers_last, True),
+        stage(first_dense, work.layers_first - first_dense, pp == 1, (pp == 1) | (at == 0)),
+        stage(0.0, work.layers_middle, False, at == 1),
+        stage(0.0, work.layers_last, True, at == 2),
     ]
     if not work.moe_model:
-        stages[0] = stage(work.layers_first, 0.0, pp == 1)
+        stages[0] = stage(work.layers_first, 0.0, pp == 1, (pp == 1) | (at == 0))
     totals = [sum(s.values()) for s in stages]
     totals[1] = np.where(pp > 2, totals[1], 0.0)
     totals[2] = np.where(pp > 1, totals[2], 0.0)
@@ -351,13 +356,23 @@ def predict(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, constants: C
     knobs = C.Knobs.batch_of(p)
     per_stage = [sum(chunks) for chunks in layers_per_chunk(model.num_layers, p)]
     middle = max(per_stage[1:-1]) if len(per_stage) > 2 else per_stage[0]
+    # A layout may put the MTP layers on another rank than the last (Megatron's standalone MTP); on a middle
+    # rank, that rank is the middle stage combine() sees.
+    pp = len(per_stage)
+    mtp_rank = pp - 1
+    if p.pipeline_model_parallel_layout is not None and model.mtp_num_layers:
+        layout_stages = parse_layout(p.pipeline_model_parallel_layout)
+        mtp_rank = next(i % pp for i, chars in enumerate(layout_stages) if "m" in chars)
+        if 0 < mtp_rank < pp - 1:
+            middle = per_stage[mtp_rank]
+    mtp_stage = 2 if mtp_rank == pp - 1 else (0 if mtp_rank == 0 else 1)
     stage_layers = (np.asarray([float(per_stage[0])]), np.asarray([float(middle)]),
                     np.asarray([float(per_stage[-1])]))
     c = constants or _packaged_constants()
     work = step_work(model, cluster, job.workload, knobs, stage_layers=stage_layers,
-                     grad_reduce_in_fp32=options.grad_reduce_in_fp32, moe_dispatcher=options.moe_dispatcher)
+                     grad_reduce_in_fp32=options.grad_reduce_in_fp32, moe_dispatcher=options.moe_dispatcher,
+                     mtp_stage=mtp_stage)
     out = _finish(combine(work, model, cluster, job.workload, c, options), model, cluster, job.workload)
-    pp = len(per_stage)
     stages = [("0", "stage_first_s", per_stage[0])]
     if pp > 2:
         stages.append((f"1-{pp - 2}" if pp > 3 else "1", "stage_middle_s", middle))

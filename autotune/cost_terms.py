@@ -171,7 +171,9 @@ def ep_exchange_copies(num_experts: int, topk: int, ep: np.ndarray, ranks_per_no
 
 
 def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.Knobs, moe_layer: bool,
-               moe_dispatcher: str = "alltoall") -> LayerWork:
+               moe_dispatcher: str = "alltoall", mtp: bool = False) -> LayerWork:
+    """One decoder layer; `mtp` makes it a multi-token-prediction layer (the decoder layer plus its input
+    projection and norms)."""
     s, h = float(workload.seq_length), float(model.hidden_size)
     tp, cp, ep, etp = (np.asarray(x, dtype=float) for x in (k.tp, k.cp, k.ep, k.etp))
     sp = np.asarray(k.sp, dtype=bool)
@@ -185,6 +187,13 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
     # output projection, and the same around the dense (or shared-expert) MLP.
     tp_bw = _link_bw(tp, domain, cluster)
     collective = np.where(tp > 1, (tp - 1) / tp * tokens * h * 2 / tp_bw, 0.0)
+    if mtp:
+        # An MTP layer (megatron/core/transformer/multi_token_prediction.py, MultiTokenPredictionLayer) norms
+        # the shifted token embeddings and the hidden state, concatenates them and projects 2h -> h with a
+        # column-parallel eh_proj before its decoder layer. Under SP the projection all-gathers its 2h-wide
+        # input, then gathers its h/TP-wide output back to full width (gather_from_tensor_model_parallel_region):
+        # three hidden-state collectives.
+        g.add(tokens, 2 * h, h / tp, comm_s=3.0 * collective)
 
     if model.mla is not None:
         m, n = model.mla, model.num_attention_heads
@@ -264,7 +273,8 @@ def layer_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.
     # activation function over the MLP intermediate. Streaming kernels: cost.combine counts these bytes at
     # HBM bandwidth, unscaled (Korthikanti et al. 2022 Table 4 checks the hidden-state part: TP8 repeats it
     # on every rank without SP).
-    elementwise = 2.0 * (10 * tokens_sp * h + tokens * act_width)
+    # An MTP layer adds its two norms (a read and a write each) and the concatenation (2h read, 2h written).
+    elementwise = 2.0 * ((10 + (8 if mtp else 0)) * tokens_sp * h + tokens * act_width)
     # CP ring attention (Transformer Engine AttnFuncWithCPAndKVP2P) runs one flash-attention call per
     # ring step over a KV chunk of s/CP keys, and after each step rescales the partial output and its
     # log-sum-exp in fp32: one read + write of the output per step, forward and again in backward.
@@ -318,6 +328,12 @@ class StepWork:
 
     dense: LayerWork
     moe: LayerWork
+    # Multi-token prediction (GPTModel.mtp_process): each MTP layer is one more decoder layer of the model's
+    # last-layer kind plus one more output layer and cross-entropy, on the last stage unless a pipeline layout
+    # gives them another rank (Megatron's standalone MTP). None without MTP.
+    mtp: LayerWork | None
+    mtp_layers: int
+    mtp_stage: int  # where they run, as the stage classes combine() sees: 0 first, 1 middle, 2 last
     layers_first: np.ndarray  # decoder layers on stage 0
     layers_middle: np.ndarray  # on the busiest middle stage (only meaningful when PP > 2)
     layers_last: np.ndarray
@@ -341,7 +357,8 @@ class StepWork:
 
 def step_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.Knobs,
               stage_layers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-              grad_reduce_in_fp32: bool = True, moe_dispatcher: str = "alltoall") -> StepWork:
+              grad_reduce_in_fp32: bool = True, moe_dispatcher: str = "alltoall",
+              mtp_stage: int = 2) -> StepWork:
     """`grad_reduce_in_fp32` is Megatron's DDP option: gradients are reduced in fp32 (4 bytes) or in the
     bf16 of the model (2 bytes; Megatron-Bridge perf recipes). `moe_dispatcher` is the MoE token exchange
     (`ep_exchange_copies`)."""
@@ -359,6 +376,8 @@ def step_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.K
     moe = layer_work(model, cluster, workload, k, moe_layer=True, moe_dispatcher=moe_dispatcher) if model.is_moe else None
     dense = layer_work(model, cluster, workload, k, moe_layer=False) if model.num_dense_layers else moe
     moe = moe or dense
+    mtp = (layer_work(model, cluster, workload, k, moe_layer=model.is_moe, moe_dispatcher=moe_dispatcher, mtp=True)
+           if model.mtp_num_layers else None)
     lf, lm, ll = stage_layer_counts(model, k) if stage_layers is None else stage_layers
     dense_on_first = np.minimum(float(model.num_dense_layers), lf) if model.is_moe else lf
 
@@ -379,7 +398,9 @@ def step_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.K
     counts = count_parameters(model)
     def sharded(lp):  # noqa: E306 - per-GPU non-expert params of one layer
         return (lp.attention + lp.mlp) / tp + lp.attention_replicated + lp.router + lp.norms
-    layers_max = np.maximum(np.maximum(lf, ll), np.where(pp > 2, lm, 0.0))
+    # The MTP layers' parameters sit with their stage's (with PP 1 the last stage is the only one).
+    on = [model.mtp_num_layers if mtp_stage == i else 0 for i in range(3)]
+    layers_max = np.maximum(np.maximum(lf + on[0], ll + on[2]), np.where(pp > 2, lm + on[1], 0.0))
     if model.is_moe:
         n_dense = np.minimum(float(model.num_dense_layers), layers_max)
         dense_params = n_dense * sharded(dense_lp) + (layers_max - n_dense) * sharded(moe_lp)
@@ -403,7 +424,8 @@ def step_work(model: ModelSpec, cluster: ClusterSpec, workload: Workload, k: C.K
     shard = np.where(dist_opt, dense_params / dp_cp + expert_params / edp, dense_params + expert_params)
 
     return StepWork(
-        dense=dense, moe=moe, layers_first=lf, layers_middle=lm, layers_last=ll, dense_on_first=dense_on_first,
+        dense=dense, moe=moe, mtp=mtp, mtp_layers=model.mtp_num_layers, mtp_stage=mtp_stage,
+        layers_first=lf, layers_middle=lm, layers_last=ll, dense_on_first=dense_on_first,
         logits_flops=logits_flops, logits_bytes=logits_bytes, loss_bytes=loss_bytes, pp=pp, vpp=vpp,
         num_microbatches=m, recompute=np.asarray(k.recompute), sequence_parallel=sp, p2p_link_s=p2p, dp_reduce_link_s=dp_reduce,
         dp_gather_link_s=dp_gather, optimizer_bytes=shard * _ADAM_BYTES_PER_PARAM,

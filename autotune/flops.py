@@ -9,7 +9,9 @@ shared/refdata/FORMULAS.md §3):
   before 2025-03 and NeMo before 2025-06 used; FORMULAS.md §3 shows why published TFLOP/s moved.
 - Recompute is NOT counted (model FLOPs, not hardware FLOPs); the cost model adds it as time.
 - The MoE router, norms, activations and the embedding lookup are not counted (as in Megatron).
-- MTP adds one more logits GEMM per MTP layer plus its 2h->h projection (as in Megatron's formula).
+- MTP adds one more logits GEMM per MTP layer plus its 2h->h projection, and counts each MTP layer as one
+  more decoder layer of the last layer's kind (MoE in an MoE model), as Megatron's formula does
+  (num_floating_point_operations: num_moe_layers += last_layer_is_moe * mtp_num_layers).
 """
 
 from __future__ import annotations
@@ -83,12 +85,14 @@ class FlopsBreakdown:
 def model_flops_per_token(model: ModelSpec, seq_length: int, causal: bool = True,
                           vocab_size: int | None = None) -> FlopsBreakdown:
     """Forward + backward model FLOPs per trained token (every sample `seq_length` long)."""
-    L = model.num_layers
+    mtp = model.mtp_num_layers
+    L = model.num_layers + mtp
+    moe_layers = model.num_moe_layers + (mtp if model.is_moe else 0)
+    dense_layers = model.num_dense_layers + (0 if model.is_moe else mtp)
     return FlopsBreakdown(
         attention_linear=3 * L * attention_linear_flops_per_token(model),
         core_attention=3 * L * core_attention_flops_per_token(model, seq_length, causal),
-        mlp=3 * (model.num_dense_layers * dense_mlp_flops_per_token(model)
-                 + model.num_moe_layers * moe_mlp_flops_per_token(model)),
+        mlp=3 * (dense_layers * dense_mlp_flops_per_token(model) + moe_layers * moe_mlp_flops_per_token(model)),
         logits=3 * logits_flops_per_token(model, vocab_size),
     )
 

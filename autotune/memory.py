@@ -201,21 +201,29 @@ def _params_per_stage(m: ModelSpec, rows: _Rows, chunks: ChunkLayers, seq_length
     per_moe_dense = (moe_l.attention + moe_l.mlp - moe_repl) / tp + moe_repl + moe_l.attention_replicated + \
         moe_l.norms + moe_l.router
     per_moe_expert = moe_l.routed_experts / (rows.ep * rows.etp)[..., 0] if m.is_moe else 0 * tp
-    n_dense = chunks.dense.sum(axis=1)[None, :]  # (1, PP)
-    n_moe = chunks.moe.sum(axis=1)[None, :]
     pp = chunks.pp
     first = (np.arange(pp) == 0)[None, :]
     last = (np.arange(pp) == pp - 1)[None, :]
+    mtp = chunks.mtp.sum(axis=1)[None, :]  # (1, PP)
+    mtp_is_moe = int(m.is_moe)  # an MTP layer copies the model's last decoder layer (MoE in a MoE model)
+    n_dense = chunks.dense.sum(axis=1)[None, :] + mtp * (1 - mtp_is_moe)
+    n_moe = chunks.moe.sum(axis=1)[None, :] + mtp * mtp_is_moe
     vocab_shard = padded_vocab_size(m.vocab_size, tp) * m.hidden_size / tp
     positions = max(seq_length, m.max_position_embeddings) * m.hidden_size \
         if m.position_embedding_type == "learned_absolute" else 0
     embedding = vocab_shard + positions
     # Untied: an output layer. Tied with PP > 1: the last stage's own copy of the word embeddings.
     output = vocab_shard if (not m.tie_embeddings or pp > 1) else 0 * tp
+    # Each MTP layer's own parts beyond its decoder layer (counted above): enorm, hnorm, final_layernorm and
+    # the column-parallel eh_proj (2h -> h, no bias). A stage other than the first that holds MTP layers also
+    # builds its own copy of the word embeddings (GPTModel: `if self.pre_process or self.mtp_process:
+    # self.embedding = ...`).
+    eh_proj = mtp * 2 * m.hidden_size * m.hidden_size / tp
+    mtp_own = eh_proj + mtp * 3 * norm_params(m, m.hidden_size) + ((mtp > 0) & ~first) * vocab_shard
     dense = n_dense * per_dense + n_moe * per_moe_dense + first * embedding + last * (
-        output + norm_params(m, m.hidden_size))
+        output + norm_params(m, m.hidden_size)) + mtp_own
     expert = n_moe * per_moe_expert
-    gemm = gemm_weight_elements(m, n_dense, n_moe, tp, (rows.ep * rows.etp)[..., 0])  # FP8-able weights
+    gemm = gemm_weight_elements(m, n_dense, n_moe, tp, (rows.ep * rows.etp)[..., 0]) + eh_proj  # FP8-able weights
     return {"dense": dense, "expert": expert, "gemm": gemm}
 
 
@@ -237,14 +245,21 @@ def _activations_per_stage(m: ModelSpec, rows: _Rows, chunks: ChunkLayers, workl
     is_sel, is_full = rows.recompute == 1, rows.recompute == 2
     a_dense = np.where(is_sel, sel_dense, full_dense)  # (n, 1, 1)
     a_moe = np.where(is_sel, sel_moe, full_moe)
-    dense_c = chunks.dense[None]  # (1, PP, V)
-    moe_c = chunks.moe[None]
+    # MTP layers count as decoder layers of the last layer's kind in their chunk; full recompute checkpoints
+    # them like the decoder's.
+    mtp_c = chunks.mtp[None]  # (1, PP, V)
+    dense_c = chunks.dense[None] + mtp_c * (1 - int(m.is_moe))
+    moe_c = chunks.moe[None] + mtp_c * int(m.is_moe)
     # Full recompute ('uniform', 1 layer, or 'block' with recompute_num_layers per chunk): recomputed
     # layers keep only their input; the first layers of a chunk are the recomputed ones.
     r_layers = (dense_c + moe_c) if options.recompute_num_layers is None else options.recompute_num_layers
     rec_dense = np.where(is_full, np.minimum(r_layers, dense_c), 0)
     rec_moe = np.where(is_full, np.minimum(r_layers - rec_dense, moe_c), 0)
     per_chunk = (rec_dense + rec_moe) * kept_input + (dense_c - rec_dense) * a_dense + (moe_c - rec_moe) * a_moe
+    # Each MTP layer also keeps its own inputs unless fully recomputed: the enorm and hnorm inputs (h each),
+    # the concatenated eh_proj input (2h) and its final_layernorm's input (h), bf16 and sequence-split by SP.
+    mtp_inputs = BF16 * 5 * shard.tokens * m.hidden_size / shard.sp_div  # (n, 1, 1), per MTP layer
+    per_chunk = per_chunk + mtp_c * np.where(is_full, 0, mtp_inputs)
     units = in_flight_units(rows.num_microbatches, chunks.pp, chunks.vpp)  # (n, PP, V)
     stage = (units * per_chunk).sum(axis=2)  # (n, PP)
     # Transients of one micro-batch: a recomputed layer's full activations during its backward, and the
@@ -254,7 +269,9 @@ def _activations_per_stage(m: ModelSpec, rows: _Rows, chunks: ChunkLayers, workl
     stage = stage + np.where(is_full[..., 0], working, 0)
     last = (np.arange(chunks.pp) == chunks.pp - 1)[None, :]
     logits = logits_bytes(m, shard, padded_vocab_size(m.vocab_size, rows.tp))[..., 0]  # (n, 1)
-    stage = stage + last * logits
+    # Each MTP layer runs the output layer and cross-entropy once more on its own stage, and every loss keeps
+    # its softmax until the backward.
+    stage = stage + (last + chunks.mtp.sum(axis=1)[None, :]) * logits
     return stage
 
 
@@ -318,7 +335,7 @@ def estimate_memory(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, over
     recompute = {None: 0, "selective": 1, "full": 2}[p.recompute_granularity]
     rows = _rows_of(p.tp, p.cp, p.ep, p.etp, p.micro_batch_size, int(p.sequence_parallel),
                     int(p.use_distributed_optimizer), recompute, job.num_gpus, p.pp, job.workload.global_batch_size)
-    chunks = chunk_layers(model.num_layers, model.num_dense_layers, _split_only(p))
+    chunks = chunk_layers(model.num_layers, model.num_dense_layers, _split_only(p), model.mtp_num_layers)
     b = _stage_bytes(model, rows, chunks, job.workload, options, cluster.gpu.name)
     # The exact grad buffers and optimizer shards of each stage's most loaded rank, in place of the
     # batch path's padding bound.
@@ -358,7 +375,7 @@ def parameters_per_stage(model: ModelSpec, job: JobConfig) -> tuple[StageParamet
     p = job.parallel
     rows = _rows_of(p.tp, p.cp, p.ep, p.etp, p.micro_batch_size, 0, 0, 0, job.num_gpus, p.pp,
                     job.workload.global_batch_size)
-    chunks = chunk_layers(model.num_layers, model.num_dense_layers, _split_only(p))
+    chunks = chunk_layers(model.num_layers, model.num_dense_layers, _split_only(p), model.mtp_num_layers)
     params = _params_per_stage(model, rows, chunks, job.workload.seq_length)
     return tuple(StageParameters(stage=r, dense=int(round(float(params["dense"][0, r]))),
                                  expert=int(round(float(np.asarray(params["expert"])[0, r]))))
@@ -408,10 +425,10 @@ def peak_memory_gib_batch(model: ModelSpec, cluster: ClusterSpec, workload: Work
                 raise ConfigError("a config with an explicit pipeline layout needs the layout string")
             chunks = chunk_layers(model.num_layers, model.num_dense_layers, ParallelConfig(
                 pipeline_model_parallel_size=pp, virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None,
-                pipeline_model_parallel_layout=layout))
+                pipeline_model_parallel_layout=layout), model.mtp_num_layers)
         else:
             chunks = chunk_layers_for(model.num_layers, model.num_dense_layers, pp, vpp, split, first, last,
-                                      emb, loss)
+                                      emb, loss, model.mtp_num_layers)
         rows = _rows_of(*(cols[k][sel] for k in ("tp", "cp", "ep", "etp", "mbs", "sp", "dist_opt", "recompute")),
                         num_gpus=cluster.num_gpus, pp=cols["pp"][sel], global_batch_size=workload.global_batch_size)
         b = _stage_bytes(model, rows, chunks, workload, options, cluster.gpu.name)

@@ -141,7 +141,7 @@ def _layer_tensors(m: ModelSpec, is_moe: bool, tp: int, ep: int, etp: int) -> tu
 def chunk_tensors(m: ModelSpec, job: JobConfig, pp_rank: int, vp_rank: int) -> ChunkTensors:
     """The params of model chunk [pp_rank][vp_rank], in GPTModel's registration order."""
     p = job.parallel
-    chunks = chunk_layers(m.num_layers, m.num_dense_layers, p)
+    chunks = chunk_layers(m.num_layers, m.num_dense_layers, p, m.mtp_num_layers)
     pre = pp_rank == 0 and vp_rank == 0
     # chunks.vpp, not p.vpp: an explicit pipeline layout sets the number of virtual stages itself.
     post = pp_rank == p.pp - 1 and vp_rank == chunks.vpp - 1
@@ -156,19 +156,30 @@ def chunk_tensors(m: ModelSpec, job: JobConfig, pp_rank: int, vp_rank: int) -> C
         expert.extend(is_expert or [False] * len(numel))
         shared.extend([is_shared] * len(numel))
 
-    tied_pp = m.tie_embeddings and p.pp > 1
+    # With PP > 1, tied weights or MTP keep a duplicated word embedding on the last stage, and both copies are
+    # marked shared_embedding (language_module.py::setup_embeddings_and_output_layer).
+    mtp = int(chunks.mtp[pp_rank, vp_rank])  # GPTModel.mtp_process
+    tied_pp = (m.tie_embeddings or m.mtp_num_layers > 0) and p.pp > 1
     if pre:
         add([vocab_shard], is_shared=tied_pp)
         if m.position_embedding_type == "learned_absolute":
             add([max(job.workload.seq_length, m.max_position_embeddings) * h])
+    elif mtp:
+        add([vocab_shard], is_shared=True)  # the MTP stage's embedding, registered first like the first stage's
     for is_moe, count in ((False, int(chunks.dense[pp_rank, vp_rank])), (True, int(chunks.moe[pp_rank, vp_rank]))):
         if count:
             layer, layer_expert = _layer_tensors(m, is_moe, p.tp, p.ep, p.etp)
             add(layer * count, layer_expert * count)
     if post:
         add(_norm(m, h))  # final_layernorm
+    for _ in range(mtp):  # MultiTokenPredictionLayer: enorm, hnorm, eh_proj (2h -> h/TP), its layer, final norm
+        layer, layer_expert = _layer_tensors(m, m.is_moe, p.tp, p.ep, p.etp)
+        add(_norm(m, h) + _norm(m, h) + _linear(h // p.tp, 2 * h, 0))
+        add(layer, layer_expert)
+        add(_norm(m, h))
+    if post:
         if not m.tie_embeddings or p.pp > 1:
-            add([vocab_shard], is_shared=tied_pp)
+            add([vocab_shard], is_shared=m.tie_embeddings and p.pp > 1)
     # Routed experts share the dense buffer when EP == 1 (`allreduce` stays True).
     is_expert = np.asarray(expert, dtype=bool) & (p.ep > 1)
     return ChunkTensors(numel=np.asarray(sizes, dtype=np.int64), expert=is_expert,
@@ -247,7 +258,7 @@ def _per_stage(m: ModelSpec, job: JobConfig, overlap_grad_reduce: bool, bucket_s
     for stage in range(p.pp):
         grad = 0
         opt = {False: np.zeros(len(g), dtype=np.int64), True: np.zeros(len(g), dtype=np.int64)}
-        for v in range(chunk_layers(m.num_layers, m.num_dense_layers, p).vpp):
+        for v in range(chunk_layers(m.num_layers, m.num_dense_layers, p, m.mtp_num_layers).vpp):
             c = chunk_tensors(m, job, stage, v)
             chunk_size = size if (stage == 0 and v == 0) else None
             for is_expert, group, rank_of in ((False, dp_cp, dense_rank), (True, edp, expert_rank)):

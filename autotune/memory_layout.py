@@ -24,6 +24,9 @@ class ChunkLayers:
 
     dense: np.ndarray  # int, shape (PP, VPP)
     moe: np.ndarray  # int, shape (PP, VPP)
+    # Multi-token-prediction layers, shape (PP, VPP): in the last virtual stage of the last rank, or where an
+    # explicit layout puts its 'm' (GPTModel.mtp_process; a layout may give them a rank of their own).
+    mtp: np.ndarray
 
     @property
     def pp(self) -> int:
@@ -35,18 +38,25 @@ class ChunkLayers:
 
 
 @functools.lru_cache(maxsize=4096)
-def chunk_layers(num_layers: int, num_dense_layers: int, parallel: ParallelConfig) -> ChunkLayers:
+def chunk_layers(num_layers: int, num_dense_layers: int, parallel: ParallelConfig,
+                 mtp_num_layers: int = 0) -> ChunkLayers:
     """Dense and MoE layer counts per chunk. `num_dense_layers` are the model's leading dense layers."""
     counts = np.asarray(pipeline.layers_per_chunk(num_layers, parallel), dtype=np.int64)  # (PP, V)
     pp, v = counts.shape
     in_virtual_order = counts.T.reshape(-1)  # index = vpp_rank * PP + pp_rank
     offsets = (np.cumsum(in_virtual_order) - in_virtual_order).reshape(v, pp).T
     dense = np.clip(num_dense_layers - offsets, 0, counts)
-    return ChunkLayers(dense=dense, moe=counts - dense)
+    mtp = np.zeros_like(counts)
+    if parallel.pipeline_model_parallel_layout is not None:
+        stages = pipeline.parse_layout(parallel.pipeline_model_parallel_layout)
+        mtp = np.asarray([[stages[k * pp + r].count("m") for k in range(v)] for r in range(pp)], dtype=np.int64)
+    else:
+        mtp[-1, -1] = mtp_num_layers
+    return ChunkLayers(dense=dense, moe=counts - dense, mtp=mtp)
 
 
 def chunk_layers_for(num_layers: int, num_dense_layers: int, pp: int, vpp: int, split: int, first: int,
-                     last: int, emb_slot: int, loss_slot: int) -> ChunkLayers:
+                     last: int, emb_slot: int, loss_slot: int, mtp_num_layers: int = 0) -> ChunkLayers:
     """The same from the integer knob encoding used by constraints.Knobs (split 3 = layout is not handled)."""
     parallel = ParallelConfig(
         pipeline_model_parallel_size=pp, virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None,
@@ -54,7 +64,7 @@ def chunk_layers_for(num_layers: int, num_dense_layers: int, pp: int, vpp: int, 
         num_layers_in_last_pipeline_stage=last if split == 2 and last > 0 else None,
         account_for_embedding_in_pipeline_split=bool(emb_slot), account_for_loss_in_pipeline_split=bool(loss_slot),
     )
-    return chunk_layers(num_layers, num_dense_layers, parallel)
+    return chunk_layers(num_layers, num_dense_layers, parallel, mtp_num_layers)
 
 
 def in_flight_units(num_microbatches, pp: int, vpp: int) -> np.ndarray:

@@ -31,7 +31,7 @@ def parse_layout(layout: str) -> list[list[str]]:
     return stages
 
 
-def layout_error(layout: str, num_layers: int, pp: int, vpp: int | None) -> str | None:
+def layout_error(layout: str, num_layers: int, pp: int, vpp: int | None, mtp_num_layers: int = 0) -> str | None:
     """Megatron's checks on an explicit layout, or None when it is valid."""
     try:
         stages = parse_layout(layout)
@@ -47,10 +47,24 @@ def layout_error(layout: str, num_layers: int, pp: int, vpp: int | None) -> str 
         return "layout must start with E (embedding) and end with L (loss), each exactly once"
     if flat.count("t") != num_layers:
         return f"layout places {flat.count('t')} decoder layers, the model has {num_layers}"
+    # PipelineParallelLayerLayout.validate_layer_layout's MTP checks: as many 'm' as MTP layers, all after the
+    # last decoder layer, in one virtual stage, and only in the last virtual stage of a rank.
+    if flat.count("m") != mtp_num_layers:
+        return (f"layout places {flat.count('m')} MTP layers ('m'), the model has {mtp_num_layers}; "
+                f"add or remove 'm' after the last 't'")
+    if mtp_num_layers:
+        if "t" in flat[flat.index("m"):]:
+            return "decoder layers ('t') must come before the MTP layers ('m') in the layout"
+        v = len(stages) // pp
+        holders = [i for i, stage in enumerate(stages) if "m" in stage]
+        if len(holders) > 1:
+            return "all MTP layers ('m') must be in the same virtual stage of the layout"
+        if holders[0] // pp != v - 1:
+            return "the MTP layers ('m') must be in the last virtual stage of their pipeline rank"
     return None
 
 
-def split_error(num_layers: int, p: ParallelConfig) -> str | None:
+def split_error(num_layers: int, p: ParallelConfig, mtp_num_layers: int = 0) -> str | None:
     """Why Megatron rejects this pipeline split, or None when it accepts it."""
     pp, vpp = p.pp, p.virtual_pipeline_model_parallel_size
     first, last = p.num_layers_in_first_pipeline_stage, p.num_layers_in_last_pipeline_stage
@@ -58,7 +72,7 @@ def split_error(num_layers: int, p: ParallelConfig) -> str | None:
     if p.pipeline_model_parallel_layout is not None:
         if first or last or accounts:
             return "pipeline_model_parallel_layout cannot be combined with other pipeline split options"
-        return layout_error(p.pipeline_model_parallel_layout, num_layers, pp, vpp)
+        return layout_error(p.pipeline_model_parallel_layout, num_layers, pp, vpp, mtp_num_layers)
     if (first or last) and accounts:
         return "num_layers_in_first/last_pipeline_stage cannot be combined with account_for_*_in_pipeline_split"
     v = vpp if (vpp is not None and pp > 1) else 1
@@ -129,14 +143,15 @@ def layers_per_chunk(num_layers: int, p: ParallelConfig) -> list[list[int]]:
 
 
 @functools.lru_cache(maxsize=4096)
-def balanced_uneven_split(num_layers: int, pp: int, vpp: int = 1) -> tuple[int, int] | None:
+def balanced_uneven_split(num_layers: int, pp: int, vpp: int = 1, mtp_num_layers: int = 0) -> tuple[int, int] | None:
     """(first, last) layer counts for the 'uneven' split option, or None when it adds nothing.
 
     The first and last stages also run the embedding and the loss, so they get fewer layers. We pick
     the (first, last) that Megatron accepts and that minimises the heaviest stage, counting the
     embedding and the loss as one layer each (the same weight Megatron's account_for_* options give
-    them); ties go to the most even split. None when no uneven split is valid, or when the best one
-    is the plain even split (then the option would only duplicate 'even').
+    them); ties go to the most even split. Each MTP layer runs on the last stage as one more layer and one
+    more loss, so it weighs two. None when no uneven split is valid, or when the best one is the plain
+    even split (then the option would only duplicate 'even').
     """
     if pp < 2:
         return None
@@ -151,7 +166,7 @@ def balanced_uneven_split(num_layers: int, pp: int, vpp: int = 1) -> tuple[int, 
             if split_error(num_layers, cfg) is not None:
                 continue
             middle = (num_layers - first - last) // (pp - 2) if pp > 2 else 0
-            heaviest = max(first + 1, last + 1, middle)
+            heaviest = max(first + 1, last + 1 + 2 * mtp_num_layers, middle)
             score = (heaviest, abs(first - last) + abs(middle - first) + abs(middle - last))
             if best is None or score < best[0]:
                 best = (score, (first, last))

@@ -259,7 +259,7 @@ def enumerate_space(space: SearchSpace, model: ModelSpec, cluster: ClusterSpec, 
         # Uneven first/last counts depend only on (PP, VPP): compute them once per pair.
         for p_val, v_val in {(int(a), int(b)) for a, b in zip(pp[uneven], vpp[uneven])}:
             sel = uneven & (pp == p_val) & (vpp == v_val)
-            fl = balanced_uneven_split(model.num_layers, p_val, v_val)
+            fl = balanced_uneven_split(model.num_layers, p_val, v_val, model.mtp_num_layers)
             first[sel], last[sel] = fl if fl is not None else (-1, -1)
         account = (split == C.SPLIT_ACCOUNT).astype(np.int32)
         return {"first": first, "last": last, "emb_slot": account, "loss_slot": account}

@@ -1,7 +1,8 @@
 """Ask Megatron Core itself whether configs are valid (run as a script, one process for all configs).
 
 Usage: python tests/megatron_verdict.py IN.json OUT.json
-IN holds a list of {"model": name, "num_gpus": N, "parallel": {...}, "workload": {...}}.
+IN holds a list of {"model": name, "num_gpus": N, "parallel": {...}, "workload": {...}}, with an optional
+"model_update" of ModelSpec fields (e.g. {"mtp_num_layers": 1}).
 For each config this process pretends to be rank 0 of N with torch's fake process group, then runs
 the Megatron code that would refuse it, in the order a real run meets it:
   1. TransformerConfig / ModelParallelConfig __post_init__ (the warning "sequence parallelism must be
@@ -36,7 +37,7 @@ def _verdict(item: dict, torch, dist, FakeStore) -> dict:
     from autotune.model_catalog import get_model
     from trial_runner.model_builder import build_model_chunks, transformer_config
 
-    model = get_model(item["model"])
+    model = get_model(item["model"]).model_copy(update=item.get("model_update", {}))
     parallel = ParallelConfig(**item["parallel"])
     workload = Workload(**item["workload"])
     n = item["num_gpus"]

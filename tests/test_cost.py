@@ -473,3 +473,44 @@ def test_stage_times_set_the_pipeline_pace():
     single = predict(model, cluster, _job(64, gbs=128, precision="fp8", seq=8192, tensor_model_parallel_size=8,
                                           context_parallel_size=2, sequence_parallel=True))
     assert single.stage_layers == {"0": 80} and len(single.stage_microbatch_s) == 1
+
+
+def test_mtp_layer_runs_on_the_last_stage_as_one_more_layer_plus_its_logits():
+    # DeepSeek-V3 has one MTP layer (model.mtp_num_layers = 1): Megatron builds it with the loss, as one more
+    # MoE layer (plus its eh_proj and norms) followed by one more output layer and cross-entropy. We measure
+    # what one more decoder layer costs on the last stage (a 62-layer copy) and what the output layer costs
+    # (the last stage minus its layers), and the MTP layer must cost their sum plus the small eh_proj.
+    dsv3 = get_model("deepseek-v3")
+    assert dsv3.mtp_num_layers == 1
+    no_mtp = dsv3.model_copy(update={"mtp_num_layers": 0})
+    longer = dsv3.model_copy(update={"mtp_num_layers": 0, "num_layers": 62})
+    cluster = ClusterSpec.build(16, "h100")
+
+    def stages(model, layout):
+        job = _job(16, gbs=64, pipeline_model_parallel_size=2, expert_model_parallel_size=8,
+                   pipeline_model_parallel_layout=layout)
+        return predict(model, cluster, job).stage_microbatch_s
+
+    base = stages(no_mtp, "E" + "t" * 30 + "|" + "t" * 31 + "L")
+    with_mtp = stages(dsv3, "E" + "t" * 30 + "|" + "t" * 31 + "mL")
+    one_more = stages(longer, "E" + "t" * 30 + "|" + "t" * 32 + "L")
+    assert with_mtp["0"] == pytest.approx(base["0"], rel=1e-12)  # the first stage does not see it
+    layer = one_more["1"] - base["1"]
+    logits = base["1"] - 31 * layer
+    assert layer > 0 and logits > 0
+    added = with_mtp["1"] - base["1"]
+    assert layer + logits < added < 1.25 * layer + logits
+
+
+def test_a_standalone_mtp_rank_is_costed_where_the_layout_puts_it():
+    # Megatron lets a layout give the MTP layer the last virtual stage of a middle rank (standalone MTP):
+    # then the last stage runs only the loss of the main model and that middle rank runs the MTP layer.
+    dsv3 = get_model("deepseek-v3")
+    cluster = ClusterSpec.build(24, "h100")
+    job = _job(24, gbs=48, pipeline_model_parallel_size=3, expert_model_parallel_size=8,
+               pipeline_model_parallel_layout="E" + "t" * 20 + "|" + "t" * 20 + "|" + "t" * 21 + "||m|L")
+    on_middle = predict(dsv3, cluster, job).stage_microbatch_s
+    job_last = _job(24, gbs=48, pipeline_model_parallel_size=3, expert_model_parallel_size=8,
+                    pipeline_model_parallel_layout="E" + "t" * 20 + "|" + "t" * 20 + "|" + "t" * 21 + "||" + "|mL")
+    on_last = predict(dsv3, cluster, job_last).stage_microbatch_s
+    assert on_middle["1"] > on_last["1"] and on_middle["2"] < on_last["2"]

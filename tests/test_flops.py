@@ -68,8 +68,24 @@ def test_qwen3_30b_a3b_active_flops_hand_derived():
 def test_mla_attention_uses_lora_shapes():
     # DeepSeek-V3 MLA (FORMULAS.md §3 "MLA replaces the attention terms with the LoRA projection shapes"):
     # q: 1536*(7168 + 128*192), kv: 512*(7168 + 128*(128+128)) + 7168*64, out: 128*128*7168.
+    # Its 61 decoder layers plus the one MTP layer, which Megatron's formula counts as one more layer
+    # (training.py::num_floating_point_operations: num_layers = args.num_layers + mtp_num_layers).
     m = get_model("deepseek-v3")
     per_layer = 2 * (1536 * (7168 + 128 * 192) + 512 * (7168 + 128 * 256) + 7168 * 64 + 128 * 128 * 7168)
     got = model_flops_per_token(m, 4096)
-    assert got.attention_linear == pytest.approx(3 * 61 * per_layer, rel=1e-12)
-    assert got.core_attention == pytest.approx(3 * 61 * 2 * 4096 * 128 * (192 + 128) * 0.5, rel=1e-12)
+    assert got.attention_linear == pytest.approx(3 * 62 * per_layer, rel=1e-12)
+    assert got.core_attention == pytest.approx(3 * 62 * 2 * 4096 * 128 * (192 + 128) * 0.5, rel=1e-12)
+
+
+def test_mtp_layer_counts_as_one_more_moe_layer():
+    # Megatron's num_floating_point_operations (training.py @ d98e8a64): with --mtp-num-layers 1 and a MoE
+    # last layer, num_moe_layers += 1, and the MTP norms / eh_proj term 3h + 2h^2 and a second logits GEMM
+    # are added. DeepSeek-V3 per token, by hand: 58 MoE layers + 1 MTP = 59 MoE MLPs of 8 routed experts
+    # of width 2048 and one shared expert of 2048 (SwiGLU: 3 GEMMs), 3 dense MLPs of width 18432.
+    m = get_model("deepseek-v3")
+    h, v = 7168, 129280
+    moe_mlp = 2 * h * (2048 * 8 + 2048) * 3
+    dense_mlp = 2 * h * 18432 * 3
+    got = model_flops_per_token(m, 4096)
+    assert got.mlp == pytest.approx(3 * (59 * moe_mlp + 3 * dense_mlp), rel=1e-12)
+    assert got.logits == pytest.approx(3 * (2 * h * v * 2 + 2 * (3 * h + 2 * h * h)), rel=1e-12)

@@ -109,11 +109,30 @@ def _near_misses(rng: random.Random) -> list[dict]:
     ]
     for model, n, parallel, workload in cases:
         out.append(dict(model=model, num_gpus=n, parallel=parallel, workload=workload))
+    # Multi-token prediction: Megatron's layout checks on 'm' (PipelineParallelLayerLayout.validate_layer_layout)
+    # and the MTP block it builds on the last stage or on the rank a layout names.
+    mtp = dict(mtp_num_layers=1)
+    for model, n, gbs, layout, pp in (
+        ("tiny-moe", 4, 16, None, 2), ("tiny-dense", 4, 16, None, 4),
+        ("tiny-moe", 4, 16, "Et|tt|tt|tmL", 2),  # valid: with the loss
+        ("tiny-dense", 3, 12, "Ett|ttt|ttt||m|L", 3),  # valid: the last chunk of a middle rank (standalone MTP)
+        ("tiny-moe", 4, 16, "Et|tt|tt|tL", 2),  # no 'm' for the model's MTP layer
+        ("tiny-moe", 4, 16, "Et|tt|ttm|tL", 2),  # a decoder layer after the MTP layer
+        ("tiny-dense", 4, 16, "Etttt|ttttm||L", 2),  # 'm' in the first virtual stage of its rank
+    ):
+        parallel = dict(pipeline_model_parallel_size=pp)
+        if layout:
+            parallel["pipeline_model_parallel_layout"] = layout
+        out.append(dict(model=model, num_gpus=n, parallel=parallel, model_update=mtp,
+                        workload=dict(seq_length=64, global_batch_size=gbs)))
+    out.append(dict(model="tiny-dense", num_gpus=4, parallel=dict(pipeline_model_parallel_size=2,
+                    pipeline_model_parallel_layout="Etttt|ttttmL"),
+                    workload=dict(seq_length=64, global_batch_size=16)))  # 'm' in a model without MTP
     return out
 
 
 def _ours(item: dict) -> tuple[bool, list[str]]:
-    model = get_model(item["model"])
+    model = get_model(item["model"]).model_copy(update=item.get("model_update", {}))
     cluster = ClusterSpec.build(item["num_gpus"], gpus_per_node=item["num_gpus"])
     job = JobConfig(num_gpus=item["num_gpus"], parallel=ParallelConfig(**item["parallel"]),
                     workload=Workload(**item["workload"]))

@@ -166,3 +166,28 @@ def test_options_validation():
         MemoryOptions(recompute_modules=("attention",))
     with pytest.raises(ConfigError, match="recompute_num_layers must be >= 0"):
         MemoryOptions(recompute_num_layers=-1)
+
+
+def test_mtp_adds_a_layer_and_a_second_loss_to_the_activations_of_its_stage_only():
+    # One MTP layer (DeepSeek-V3) keeps one more MoE layer's activations and a second logits / softmax
+    # buffer on the stage that runs it; the first stage's activations do not change. The size of the change
+    # is bounded by hand: more than the 16-bit logits of one micro-batch (4096 tokens x 129280 vocabulary),
+    # less than that plus two layers' worth of what the stage holds per layer.
+    dsv3 = get_model("deepseek-v3")
+    no_mtp = dsv3.model_copy(update={"mtp_num_layers": 0})
+    cluster = ClusterSpec.build(64, "h100")
+
+    def stages(model, layout):
+        job = JobConfig(num_gpus=64, parallel=ParallelConfig(
+            pipeline_model_parallel_size=2, expert_model_parallel_size=32, pipeline_model_parallel_layout=layout),
+            workload=Workload(seq_length=4096, global_batch_size=64))
+        return estimate_memory(model, cluster, job).stages
+
+    base = stages(no_mtp, "E" + "t" * 30 + "|" + "t" * 31 + "L")
+    mtp = stages(dsv3, "E" + "t" * 30 + "|" + "t" * 31 + "mL")
+    assert mtp[0].activations_gib == pytest.approx(base[0].activations_gib, rel=1e-12)
+    added = mtp[1].activations_gib - base[1].activations_gib
+    logits_gib = 2 * 4096 * 129280 / 2**30
+    per_layer = (base[1].activations_gib - logits_gib) / 31
+    assert logits_gib < added < logits_gib * 3 + 2 * per_layer
+    assert mtp[1].num_parameters > base[1].num_parameters

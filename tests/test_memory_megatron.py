@@ -43,6 +43,9 @@ def _models() -> dict:
             num_dense_layers=2)}),
         "hf-qwen3-moe": load_hf_config(DATA / "tiny-qwen3-moe"),
         "hf-llama-tied": load_hf_config(DATA / "tiny-llama-tied"),
+        "dense-mtp": dense.model_copy(update={"mtp_num_layers": 1}),
+        "dense-tied-mtp": dense.model_copy(update={"tie_embeddings": True, "mtp_num_layers": 1}),
+        "moe-mtp": moe.model_copy(update={"mtp_num_layers": 1}),
     }
 
 
@@ -109,6 +112,15 @@ CASES = [
     ("moe", 8, _p(pp=2, ep=2), BUCKETS),
     ("moe-tied", 4, _p(ep=2), BUCKETS),
     ("dense", 4, _p(dist=False), BUCKETS),
+    # Multi-token prediction: the MTP layer, its norms and eh_proj, and the embedding copy on the last stage.
+    ("dense-mtp", 2, _p(tp=2), {}),
+    ("dense-mtp", 4, _p(tp=2, pp=2), {}),
+    ("dense-mtp", 4, _p(pp=2, vpp=2), BUCKETS),
+    ("dense-tied-mtp", 4, _p(pp=2), {}),
+    ("moe-mtp", 2, _p(ep=2), {}),
+    ("moe-mtp", 8, _p(tp=2, pp=2, ep=2), {}),
+    ("moe-mtp", 4, _p(pp=2, vpp=2, ep=2, pipeline_model_parallel_layout="Et|tt|tt|tmL"), {}),
+    ("dense-mtp", 3, _p(pp=3, pipeline_model_parallel_layout="Ett|ttt|ttt||m|L"), {}),  # standalone MTP rank
 ]
 IDS = [f"{m}-n{n}-{ParallelConfig(**p).short_name()}{'-buckets' if d.get('overlap_grad_reduce') else ''}"
        f"{'' if p['use_distributed_optimizer'] else '-nodistopt'}" for m, n, p, d in CASES]

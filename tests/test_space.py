@@ -107,7 +107,8 @@ def _brute_force(space, model, cluster, workload):
             extra = dict(account_for_embedding_in_pipeline_split=True, account_for_loss_in_pipeline_split=True)
         knobs_override = {}
         if split == "uneven":
-            fl = balanced_uneven_split(model.num_layers, d["pipeline_model_parallel_size"], vpp)
+            fl = balanced_uneven_split(model.num_layers, d["pipeline_model_parallel_size"], vpp,
+                                           model.mtp_num_layers)
             if fl is None:
                 knobs_override = dict(first=-1, last=-1)
             else:

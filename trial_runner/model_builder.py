@@ -98,6 +98,7 @@ def transformer_config_kwargs(model: ModelSpec, parallel: ParallelConfig, *, dty
         bias_dropout_fusion=False,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
+        mtp_num_layers=model.mtp_num_layers or None,  # Megatron-LM --mtp-num-layers
     )
     if run is not None and run.fp8_format is not None:
         # What Megatron-LM's --fp8-format / --fp8-recipe / --fp8-param-gather set
@@ -157,6 +158,22 @@ def _block_spec(config, layer_spec: LayerSpecKind, vp_stage: int | None):
     return spec
 
 
+def _mtp_spec(config, layer_spec: LayerSpecKind, block_spec, vp_stage: int | None):
+    """The multi-token-prediction block of this chunk, or None (no MTP, or not on this chunk). As
+    Megatron-LM's gpt_builders does, the MTP layer copies the spec of the chunk's last decoder layer, or of the
+    model's layer when the chunk has none (a layout such as '...|mL')."""
+    if not config.mtp_num_layers:
+        return None
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_mtp_block_spec
+
+    if not block_spec.layer_specs:
+        block_spec = _block_spec(config, layer_spec, None) if vp_stage is None else next(
+            (s for v in range(config.virtual_pipeline_model_parallel_size or 1)
+             if (s := _block_spec(config, layer_spec, v)).layer_specs), block_spec)
+    return get_gpt_mtp_block_spec(config, block_spec, use_transformer_engine=layer_spec == "transformer_engine",
+                                  vp_stage=vp_stage)
+
+
 def build_model_chunks(model: ModelSpec, parallel: ParallelConfig, *, seq_length: int,
                        dtype: torch.dtype = torch.float32, layer_spec: LayerSpecKind = "local",
                        use_cpu_initialization: bool = True, run: RunSettings | None = None) -> list[torch.nn.Module]:
@@ -181,16 +198,16 @@ def build_model_chunks(model: ModelSpec, parallel: ParallelConfig, *, seq_length
             "precision fp8 needs Transformer Engine on a GPU node; this run uses the local layer spec. "
             "Use precision bf16 or run on a GPU node with transformer_engine installed"
         )
-    # Multi-token-prediction layers (model.mtp_num_layers) are not built: autotune.params leaves
-    # them out of the totals too, and a throughput probe of the main model does not need them.
     config = transformer_config(model, parallel, dtype=dtype, use_cpu_initialization=use_cpu_initialization, run=run)
     vocab = padded_vocab_size(model.vocab_size, parallel.tp)
     vpp = megatron_virtual_stages(parallel)  # an explicit layout sets the chunk count itself
     chunks: list[torch.nn.Module] = []
     for vp_stage in (range(vpp) if vpp else [None]):
+        block_spec = _block_spec(config, layer_spec, vp_stage)
         chunk = GPTModel(
             config=config,
-            transformer_layer_spec=_block_spec(config, layer_spec, vp_stage),
+            transformer_layer_spec=block_spec,
+            mtp_block_spec=_mtp_spec(config, layer_spec, block_spec, vp_stage),
             vocab_size=vocab,
             max_sequence_length=max(seq_length, model.max_position_embeddings),
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),

@@ -117,3 +117,21 @@ def test_parameters_per_rank_equal_the_memory_model(trials, make_spec, name):
     per_stage = ranks // job.parallel.pp
     measured = [max(result.num_parameters_per_rank[s * per_stage:(s + 1) * per_stage]) for s in range(job.parallel.pp)]
     assert measured == [s.num_parameters for s in est.stages]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_model_with_an_mtp_layer_trains_and_holds_the_modelled_parameters(trials, make_spec, assert_trained):
+    """Megatron Core builds the multi-token-prediction layer (and the embedding copy it needs) on the last
+    stage; the real ranks train and hold exactly what the memory model counts per stage."""
+    from autotune.cluster import ClusterSpec
+    from autotune.memory import estimate_memory
+
+    spec = make_spec("tiny-moe", 2, pipeline_model_parallel_size=2, model_updates={"mtp_num_layers": 1})
+    result = trials.get("pp2_mtp", spec)
+    assert_trained(result)
+    est = estimate_memory(spec.model, ClusterSpec.build(2, gpus_per_node=2), spec.job)
+    assert result.num_parameters_per_rank == [s.num_parameters for s in est.stages]
+    no_mtp = estimate_memory(get_model("tiny-moe"), ClusterSpec.build(2, gpus_per_node=2), spec.job)
+    assert est.stages[0].num_parameters == no_mtp.stages[0].num_parameters
+    assert est.stages[1].num_parameters > no_mtp.stages[1].num_parameters
