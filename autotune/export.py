@@ -37,8 +37,9 @@ _TOP_KEYS = ("model", "cluster", "source", "parallelism", "training", "measured"
              "megatron_args", "bridge_overrides")
 
 
-def megatron_args(job: JobConfig) -> list[str]:
-    """Megatron-LM command-line flags (pretrain_gpt.py) for this config, as an argv list."""
+def megatron_args(job: JobConfig, mtp_num_layers: int = 0) -> list[str]:
+    """Megatron-LM command-line flags (pretrain_gpt.py) for this config, as an argv list. `mtp_num_layers`:
+    the model's multi-token-prediction layers, which the estimates count (flag omitted when 0)."""
     p, w = job.parallel, job.workload
     args = [
         "--tensor-model-parallel-size", str(p.tp), "--pipeline-model-parallel-size", str(p.pp),
@@ -69,6 +70,8 @@ def megatron_args(job: JobConfig) -> list[str]:
         args += ["--decoder-last-pipeline-num-layers", str(p.num_layers_in_last_pipeline_stage)]
     if p.pipeline_model_parallel_layout is not None:
         args += ["--pipeline-model-parallel-layout", p.pipeline_model_parallel_layout]
+    if mtp_num_layers:
+        args += ["--mtp-num-layers", str(mtp_num_layers)]
     args += ["--micro-batch-size", str(p.micro_batch_size), "--global-batch-size", str(w.global_batch_size),
              "--seq-length", str(w.seq_length), "--bf16"]
     run = run_settings_for(job)
@@ -87,8 +90,8 @@ def _overlap_flags(job: JobConfig) -> list[str]:
     return [flag for flag, on in named if on]
 
 
-def bridge_overrides(job: JobConfig) -> list[str]:
-    """Megatron Bridge recipe overrides (`key=value`) for this config."""
+def bridge_overrides(job: JobConfig, mtp_num_layers: int = 0) -> list[str]:
+    """Megatron Bridge recipe overrides (`key=value`) for this config (`mtp_num_layers` as in megatron_args)."""
     p, w = job.parallel, job.workload
     run = run_settings_for(job)
     out = {
@@ -110,6 +113,8 @@ def bridge_overrides(job: JobConfig) -> list[str]:
         out["model.num_layers_in_last_pipeline_stage"] = p.num_layers_in_last_pipeline_stage
     if p.pipeline_model_parallel_layout is not None:
         out["model.pipeline_model_parallel_layout"] = repr(p.pipeline_model_parallel_layout)
+    if mtp_num_layers:
+        out["model.mtp_num_layers"] = mtp_num_layers
     out.update({
         # Bridge asserts model.seq_length == dataset.seq_length (training/config.py, ConfigContainer.validate).
         "model.seq_length": w.seq_length, "dataset.seq_length": w.seq_length,
@@ -137,8 +142,9 @@ def _hydra(v: Any) -> str:
 
 def best_document(*, model_name: str, cluster: ClusterSpec, job: JobConfig, source: Source,
                   predicted: dict[str, Any] | None, measured: dict[str, Any] | None,
-                  study: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The content of best.yaml."""
+                  study: dict[str, Any] | None = None, mtp_num_layers: int = 0) -> dict[str, Any]:
+    """The content of best.yaml. `mtp_num_layers`: the model's MTP layers, exported with the config because the
+    estimates count them."""
     if source == "measured" and not measured:
         raise ConfigError("a best config with source 'measured' needs its measurement")
     return {
@@ -149,8 +155,8 @@ def best_document(*, model_name: str, cluster: ClusterSpec, job: JobConfig, sour
         "measured": measured,
         "predicted": predicted,
         "study": study,
-        "megatron_args": megatron_args(job),
-        "bridge_overrides": bridge_overrides(job),
+        "megatron_args": megatron_args(job, mtp_num_layers),
+        "bridge_overrides": bridge_overrides(job, mtp_num_layers),
     }
 
 
@@ -185,9 +191,13 @@ def render_export(data: dict[str, Any], job: JobConfig, fmt: str) -> str:
     """best.yaml content (flags re-derived from the config) in one of FORMATS."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    # The model is stored by name only; its MTP layer count travels in the flags written with it.
+    stored = data.get("megatron_args") or []
+    mtp = int(stored[stored.index("--mtp-num-layers") + 1]) if "--mtp-num-layers" in stored[:-1] else 0
     if fmt == "megatron-args":
-        return " ".join(megatron_args(job))
+        return " ".join(megatron_args(job, mtp))
     if fmt == "bridge":
-        return " ".join(bridge_overrides(job))
-    fresh = {**data, **job.to_yaml_dict(), "megatron_args": megatron_args(job), "bridge_overrides": bridge_overrides(job)}
+        return " ".join(bridge_overrides(job, mtp))
+    fresh = {**data, **job.to_yaml_dict(), "megatron_args": megatron_args(job, mtp),
+             "bridge_overrides": bridge_overrides(job, mtp)}
     return yaml.safe_dump({k: fresh.get(k) for k in _TOP_KEYS}, sort_keys=False, width=120)

@@ -380,7 +380,7 @@ def write_best(phase: AnalyticPhase, recs: list[TrialRecord]) -> dict[str, Any]:
     doc = best_document(model_name=req.model.name, cluster=req.cluster, job=job, source=source,
                         predicted=predicted, measured=meas,
                         study={"name": phase.name, "storage": req.storage or str(phase.folder / "study.journal"),
-                               "backend": phase.backend})
+                               "backend": phase.backend}, mtp_num_layers=req.model.mtp_num_layers)
     write_yaml_atomic(phase.folder / BEST_FILE, doc)
     return doc
 

@@ -217,3 +217,20 @@ def test_load_best_errors(tmp_path):
     (tmp_path / "best.yaml").write_text(yaml.safe_dump(doc))
     with pytest.raises(SpecFileError, match="cluster.num_gpus"):
         export.load_best(tmp_path)
+
+
+def test_a_model_with_mtp_exports_its_mtp_layers_and_keeps_them_through_a_round_trip(tmp_path):
+    # The estimates count DeepSeek-V3's MTP layer, so the exported run must build it: Megatron-LM's
+    # --mtp-num-layers, Megatron Bridge's model.mtp_num_layers. A model without MTP gets neither.
+    job = _job(**FULL)
+    doc = export.best_document(model_name="deepseek-v3", cluster=ClusterSpec.build(256), job=job, source="predicted",
+                               predicted={"tokens_per_s_per_gpu": 1.0}, measured=None, mtp_num_layers=1)
+    assert _flag(doc["megatron_args"], "--mtp-num-layers") == "1"
+    assert "model.mtp_num_layers=1" in doc["bridge_overrides"]
+    assert "--mtp-num-layers" not in export.megatron_args(job)
+    assert not any(o.startswith("model.mtp_num_layers") for o in export.bridge_overrides(job))
+    export.write_yaml_atomic(tmp_path / "best.yaml", doc)
+    data, back = export.load_best(tmp_path)
+    assert "--mtp-num-layers 1" in export.render_export(data, back, "megatron-args")
+    assert "model.mtp_num_layers=1" in export.render_export(data, back, "bridge").split()
+    assert yaml.safe_load(export.render_export(data, back, "yaml")) == data
