@@ -90,8 +90,9 @@ class Judging:
 
 BRIDGE = Judging(
     name="Bridge/NeMo perf recipe", memory_options=MemoryOptions(grad_reduce_in_fp32=False), pinned_knobs={},
-    why="Megatron-Bridge perf recipes reduce gradients in bf16 (perf_recipes/_common.py: grad_reduce_in_fp32=False); "
-        "the older NeMo 24.07/25.02 rows are assumed to match. Recipe recompute settings are not in the perf "
+    why="Megatron-Bridge perf recipes reduce gradients in bf16 (perf_recipes/_common.py: grad_reduce_in_fp32=False) "
+        "and keep FP8 primary weights (fp8_param_gather); the NeMo 25.02 row is assumed to match. Recipe recompute "
+        "settings are not in the perf "
         "table, so the published configs are ranked without recompute. The perf recipes overlap TP communication "
         "(tp_comm_overlap with userbuffers) and the MoE rows force balanced, dropless routing (the source's footnote). "
         "MoE token dispatcher per row as its release's recipe set it (`NEMO_DISPATCHERS`): Qwen3-30B-A3B EP16 "
@@ -103,6 +104,18 @@ BRIDGE = Judging(
         "row alltoall (no backend set; Bridge's Qwen3 and GPT-OSS providers set moe_token_dispatcher_type='alltoall'); "
         "each row's whole space is ranked under its dispatcher",
     force_balanced_routing=True)
+# NeMo 24.07 ran NeMo 1.x through NeMo-Framework-Launcher. Its H100 performance scripts at tag 24.07
+# (examples/training/{gpt,llama}/h100/*.sh) add +training.model.optim.grad_sync_dtype=bf16 and never set
+# fp8_params, which no llama, gpt3 or nemotron training config turns on (only the MLPerf configs do); NeMo 1.x
+# builds FP8 primary weights only under cfg.fp8_params (megatron_gpt_model.py: fp8_model_init), so these runs
+# kept bf16 weights plus Transformer Engine's FP8 copy and its transpose.
+NEMO_24_07 = replace(
+    BRIDGE, name="NeMo 24.07 (NeMo 1.x launcher)",
+    memory_options=MemoryOptions(grad_reduce_in_fp32=False, fp8_param=False),
+    why="NeMo-Framework-Launcher 24.07 H100 scripts (examples/training/{gpt,llama}/h100/*.sh) sync gradients in bf16 "
+        "(+training.model.optim.grad_sync_dtype=bf16) and leave fp8_params off (only the MLPerf configs set it; NeMo "
+        "1.x megatron_gpt_model.py builds FP8 primary weights only under cfg.fp8_params), so FP8 runs kept bf16 "
+        "weights plus Transformer Engine's FP8 copy; otherwise as the perf recipes")
 MEGATRON_LM = Judging(
     name="Megatron-LM defaults", memory_options=MemoryOptions(), pinned_knobs={},
     why="Megatron-LM with --bf16 accumulates and reduces gradients in fp32; the README runs overlap DP, TP and PP "
@@ -302,7 +315,8 @@ def _perf_table_rows(records: list[dict[str, str]], label: str, gpu: str,
         rows.append(Row(
             source=f"{label} {r['container']} {r['task']}", model=model, gpu=gpu, num_gpus=int(r["num_gpus"]),
             workload=Workload(seq_length=int(r["seq_len"]), global_batch_size=int(r["gbs"]), precision=prec),
-            parallel=parallel, published_tokens_per_s_per_gpu=float(r["tokens_per_sec_per_gpu"]), judging=BRIDGE,
+            parallel=parallel, published_tokens_per_s_per_gpu=float(r["tokens_per_sec_per_gpu"]),
+            judging=NEMO_24_07 if r["container"] == "24.07" else BRIDGE,
             moe_dispatcher=dispatcher, note="; ".join(notes)))
     return rows
 

@@ -87,3 +87,17 @@ def test_every_published_gb200_moe_config_passes_megatrons_rules():
             bad.append(f"{r.source} {r.parallel.short_name()}: {[(x.rule.name, x.message) for x in v]}")
     assert not bad, "\n".join(bad)
     assert over_memory == {"deepseek-v3"}
+
+
+def test_nemo_24_07_rows_are_judged_under_the_weight_storage_their_software_used():
+    # NeMo-Framework-Launcher 24.07's H100 scripts sync gradients in bf16 and leave fp8_params off (bf16 weights
+    # plus Transformer Engine's FP8 copy); Megatron-Bridge's recipes keep FP8 primary weights. Every 24.07 row of
+    # nemo_perf_h100.csv (12 of them) must be ranked under the former, every later row under the latter.
+    from benchmarks.throughput_rows import nemo_rows
+
+    rows = nemo_rows()
+    old = [r for r in rows if " 24.07 " in r.source]
+    assert len(old) == 12
+    assert all(not r.judging.memory_options.fp8_param for r in old)
+    assert all(r.judging.memory_options.fp8_param for r in rows if " 24.07 " not in r.source)
+    assert not any(r.judging.memory_options.grad_reduce_in_fp32 for r in rows)
