@@ -91,7 +91,8 @@ class Judging:
 BRIDGE = Judging(
     name="Bridge/NeMo perf recipe", memory_options=MemoryOptions(grad_reduce_in_fp32=False), pinned_knobs={},
     why="Megatron-Bridge perf recipes reduce gradients in bf16 (perf_recipes/_common.py: grad_reduce_in_fp32=False) "
-        "and keep FP8 primary weights (fp8_param_gather); the NeMo 25.02 row is assumed to match. Recipe recompute "
+        "and keep FP8 primary weights (training/mixed_precision.py, bf16_with_fp8_current_scaling_mixed: "
+        "fp8_param_gather=True at v0.1.0rc4 and every later tag); the NeMo 25.02 row is assumed to match. Recipe recompute "
         "settings are not in the perf "
         "table, so the published configs are ranked without recompute. The perf recipes overlap TP communication "
         "(tp_comm_overlap with userbuffers) and the MoE rows force balanced, dropless routing (the source's footnote). "
