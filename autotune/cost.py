@@ -60,7 +60,8 @@ from autotune.cost_terms import MOE_DISPATCHERS, LayerWork, StepWork, step_work
 from autotune.errors import ConfigError
 from autotune.flops import model_flops_per_iteration
 from autotune.model_spec import ModelSpec
-from autotune.pipeline import layers_per_chunk, parse_layout
+from autotune.memory_layout import chunk_layers
+from autotune.pipeline import layers_per_chunk
 
 BREAKDOWN_KEYS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "pipeline_bubble", "p2p",
                   "dp_comm_exposed", "optimizer")
@@ -360,9 +361,9 @@ def predict(model: ModelSpec, cluster: ClusterSpec, job: JobConfig, constants: C
     # rank, that rank is the middle stage combine() sees.
     pp = len(per_stage)
     mtp_rank = pp - 1
-    if p.pipeline_model_parallel_layout is not None and model.mtp_num_layers:
-        layout_stages = parse_layout(p.pipeline_model_parallel_layout)
-        mtp_rank = next(i % pp for i, chars in enumerate(layout_stages) if "m" in chars)
+    if model.mtp_num_layers:
+        mtp_rank = int(np.argmax(chunk_layers(model.num_layers, model.num_dense_layers, p,
+                                              model.mtp_num_layers).mtp.sum(axis=1)))
         if 0 < mtp_rank < pp - 1:
             middle = per_stage[mtp_rank]
     mtp_stage = 2 if mtp_rank == pp - 1 else (0 if mtp_rank == 0 else 1)

@@ -215,11 +215,13 @@ def _params_per_stage(m: ModelSpec, rows: _Rows, chunks: ChunkLayers, seq_length
     # Untied: an output layer. Tied with PP > 1: the last stage's own copy of the word embeddings.
     output = vocab_shard if (not m.tie_embeddings or pp > 1) else 0 * tp
     # Each MTP layer's own parts beyond its decoder layer (counted above): enorm, hnorm, final_layernorm and
-    # the column-parallel eh_proj (2h -> h, no bias). A stage other than the first that holds MTP layers also
+    # the column-parallel eh_proj (2h -> h, no bias). A chunk holding MTP layers other than the first chunk
     # builds its own copy of the word embeddings (GPTModel: `if self.pre_process or self.mtp_process:
     # self.embedding = ...`).
     eh_proj = mtp * 2 * m.hidden_size * m.hidden_size / tp
-    mtp_own = eh_proj + mtp * 3 * norm_params(m, m.hidden_size) + ((mtp > 0) & ~first) * vocab_shard
+    mtp_apart = chunks.mtp.copy()
+    mtp_apart[0, 0] = 0  # the first chunk has the embedding anyway
+    mtp_own = eh_proj + mtp * 3 * norm_params(m, m.hidden_size) + (mtp_apart.sum(axis=1)[None, :] > 0) * vocab_shard
     dense = n_dense * per_dense + n_moe * per_moe_dense + first * embedding + last * (
         output + norm_params(m, m.hidden_size)) + mtp_own
     expert = n_moe * per_moe_expert

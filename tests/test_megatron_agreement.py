@@ -116,6 +116,7 @@ def _near_misses(rng: random.Random) -> list[dict]:
         ("tiny-moe", 4, 16, None, 2), ("tiny-dense", 4, 16, None, 4),
         ("tiny-moe", 4, 16, "Et|tt|tt|tmL", 2),  # valid: with the loss
         ("tiny-dense", 3, 12, "Ett|ttt|ttt||m|L", 3),  # valid: the last chunk of a middle rank (standalone MTP)
+        ("tiny-dense", 2, 8, "Etttt|tttt|m|L", 2),  # valid: the last chunk of the first rank
         ("tiny-moe", 4, 16, "Et|tt|tt|tL", 2),  # no 'm' for the model's MTP layer
         ("tiny-moe", 4, 16, "Et|tt|ttm|tL", 2),  # a decoder layer after the MTP layer
         ("tiny-dense", 4, 16, "Etttt|ttttm||L", 2),  # 'm' in the first virtual stage of its rank

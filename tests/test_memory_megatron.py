@@ -121,6 +121,7 @@ CASES = [
     ("moe-mtp", 8, _p(tp=2, pp=2, ep=2), {}),
     ("moe-mtp", 4, _p(pp=2, vpp=2, ep=2, pipeline_model_parallel_layout="Et|tt|tt|tmL"), {}),
     ("dense-mtp", 3, _p(pp=3, pipeline_model_parallel_layout="Ett|ttt|ttt||m|L"), {}),  # standalone MTP rank
+    ("dense-mtp", 2, _p(pp=2, pipeline_model_parallel_layout="Etttt|tttt|m|L"), {}),  # MTP in rank 0's 2nd chunk
 ]
 IDS = [f"{m}-n{n}-{ParallelConfig(**p).short_name()}{'-buckets' if d.get('overlap_grad_reduce') else ''}"
        f"{'' if p['use_distributed_optimizer'] else '-nodistopt'}" for m, n, p, d in CASES]
