@@ -46,6 +46,9 @@ def _models() -> dict:
         "dense-mtp": dense.model_copy(update={"mtp_num_layers": 1}),
         "dense-tied-mtp": dense.model_copy(update={"tie_embeddings": True, "mtp_num_layers": 1}),
         "moe-mtp": moe.model_copy(update={"mtp_num_layers": 1}),
+        "moe-dense-shared-mtp": moe.model_copy(update={"mtp_num_layers": 1, "moe": MoESpec(
+            num_experts=8, router_topk=2, moe_ffn_hidden_size=48, shared_expert_ffn_hidden_size=64,
+            num_dense_layers=2)}),
     }
 
 
@@ -122,6 +125,8 @@ CASES = [
     ("moe-mtp", 4, _p(pp=2, vpp=2, ep=2, pipeline_model_parallel_layout="Et|tt|tt|tmL"), {}),
     ("dense-mtp", 3, _p(pp=3, pipeline_model_parallel_layout="Ett|ttt|ttt||m|L"), {}),  # standalone MTP rank
     ("dense-mtp", 2, _p(pp=2, pipeline_model_parallel_layout="Etttt|tttt|m|L"), {}),  # MTP in rank 0's 2nd chunk
+    # MTP on a rank that holds only dense layers: it still copies the model's last (MoE) layer.
+    ("moe-dense-shared-mtp", 4, _p(pp=2, ep=2, pipeline_model_parallel_layout="Ett|tttt|m|L"), {}),
 ]
 IDS = [f"{m}-n{n}-{ParallelConfig(**p).short_name()}{'-buckets' if d.get('overlap_grad_reduce') else ''}"
        f"{'' if p['use_distributed_optimizer'] else '-nodistopt'}" for m, n, p, d in CASES]

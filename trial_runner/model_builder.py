@@ -149,29 +149,30 @@ def _block_spec(config, layer_spec: LayerSpecKind, vp_stage: int | None):
         config, use_transformer_engine=layer_spec == "transformer_engine",
         normalization=config.normalization, vp_stage=vp_stage,
     )
+    _use_local_cp_attention(spec.layer_specs, config, layer_spec)
+    return spec
+
+
+def _use_local_cp_attention(layer_specs, config, layer_spec: LayerSpecKind) -> None:
     if layer_spec == "local" and config.context_parallel_size > 1:
         # The local DotProductAttention refuses CP; swap in the all-gather CP attention.
         from trial_runner.cp_attention import AllGatherCPAttention
 
-        for layer in spec.layer_specs:
+        for layer in layer_specs:
             layer.submodules.self_attention.submodules.core_attention = AllGatherCPAttention
-    return spec
 
 
-def _mtp_spec(config, layer_spec: LayerSpecKind, block_spec, vp_stage: int | None):
-    """The multi-token-prediction block of this chunk, or None (no MTP, or not on this chunk). As
-    Megatron-LM's gpt_builders does, the MTP layer copies the spec of the chunk's last decoder layer, or of the
-    model's layer when the chunk has none (a layout such as '...|mL')."""
+def _mtp_spec(config, layer_spec: LayerSpecKind, vp_stage: int | None):
+    """The multi-token-prediction block of this chunk, or None (no MTP, or not on this chunk). As Megatron-LM's
+    gpt_builders does, the MTP layer copies the spec of the model's last decoder layer."""
     if not config.mtp_num_layers:
         return None
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_mtp_block_spec
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_layer_specs, get_gpt_mtp_block_spec
 
-    if not block_spec.layer_specs:
-        block_spec = _block_spec(config, layer_spec, None) if vp_stage is None else next(
-            (s for v in range(config.virtual_pipeline_model_parallel_size or 1)
-             if (s := _block_spec(config, layer_spec, v)).layer_specs), block_spec)
-    return get_gpt_mtp_block_spec(config, block_spec, use_transformer_engine=layer_spec == "transformer_engine",
-                                  vp_stage=vp_stage)
+    use_te = layer_spec == "transformer_engine"
+    last = get_gpt_decoder_layer_specs(config, use_transformer_engine=use_te, normalization=config.normalization)[-1]
+    _use_local_cp_attention([last], config, layer_spec)
+    return get_gpt_mtp_block_spec(config, last, use_transformer_engine=use_te, vp_stage=vp_stage)
 
 
 def build_model_chunks(model: ModelSpec, parallel: ParallelConfig, *, seq_length: int,
@@ -203,11 +204,10 @@ def build_model_chunks(model: ModelSpec, parallel: ParallelConfig, *, seq_length
     vpp = megatron_virtual_stages(parallel)  # an explicit layout sets the chunk count itself
     chunks: list[torch.nn.Module] = []
     for vp_stage in (range(vpp) if vpp else [None]):
-        block_spec = _block_spec(config, layer_spec, vp_stage)
         chunk = GPTModel(
             config=config,
-            transformer_layer_spec=block_spec,
-            mtp_block_spec=_mtp_spec(config, layer_spec, block_spec, vp_stage),
+            transformer_layer_spec=_block_spec(config, layer_spec, vp_stage),
+            mtp_block_spec=_mtp_spec(config, layer_spec, vp_stage),
             vocab_size=vocab,
             max_sequence_length=max(seq_length, model.max_position_embeddings),
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
